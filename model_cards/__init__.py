@@ -1,0 +1,1 @@
+"""Card templates, shipped inside the package as ``pdd_hub.model_cards``."""

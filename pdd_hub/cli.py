@@ -1,0 +1,179 @@
+"""``pdd-hub``: evaluate, inspect and publish PDD exports.
+
+    pdd-hub eval SYNTHETIC --real DATASET --model convnet_d3 --model resnet18_cifar --seeds 3
+    pdd-hub show SYNTHETIC
+    pdd-hub push FOLDER ORG/NAME [--private]
+
+Run ``eval`` under ``accelerate launch -m pdd_hub.cli eval ...`` to spread runs over processes.
+Errors a user can cause print as one paragraph, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pdd_hub.errors import PDDError
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from pdd_hub.data import load_split
+    from pdd_hub.evaluate import evaluate_export
+    from pdd_hub.hub import load_pdd
+    from pdd_hub.models import check_model_name
+
+    models = args.model or []
+    if not models:
+        raise PDDError("give at least one --model (any timm model name, e.g. convnet_d3 or resnet18_cifar)")
+    for name in models:
+        check_model_name(name)  # fail before loading anything
+    accelerator = Accelerator(cpu=args.cpu)
+    pdd = load_pdd(args.synthetic, revision=args.revision)
+    test = load_split(
+        args.real, args.test_split, image_column=args.image_column, label_column=args.label_column
+    )
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    report = evaluate_export(
+        pdd,
+        test,
+        models,
+        seeds,
+        mode=args.mode,
+        epochs_per_stage=args.epochs_per_stage,
+        accelerator=accelerator,
+        real_name=args.real,
+    )
+    if accelerator.is_main_process:
+        print(report.to_markdown())
+        output = Path(args.output)
+        report.save_json(output)
+        plot = Path(args.plot) if args.plot else output.with_suffix(".png")
+        report.save_plot(plot)
+        print(f"\nwrote {output} and {plot}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pdd_hub.hub import load_pdd
+
+    pdd = load_pdd(args.synthetic, revision=args.revision)
+    s = pdd.schedule
+    print(f"{pdd.path}: PDD + {s.method} on {s.source.get('dataset', '?')} with {s.distill_model}")
+    print(
+        f"{s.num_classes} classes, images {list(s.image_shape)}, preprocess: "
+        f"{'ZCA' if s.preprocess.get('zca') else 'normalise'}"
+    )
+    print("| split | ipc | lr | epochs |\n|---|---|---|---|")
+    for spec in s.stages:
+        print(f"| {spec.split} | {spec.ipc} | {spec.lr:.6g} | {spec.epochs} |")
+    if args.json:
+        print(json.dumps(s.to_dict(), indent=2))
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from pdd_hub.data import Preprocess, load_real_data
+    from pdd_hub.selection import export_selection, random_stage_indices
+
+    real = load_real_data(
+        args.real,
+        val_per_class=args.val_per_class,
+        seed=args.seed,
+        image_column=args.image_column,
+        label_column=args.label_column,
+    )
+    preprocess = Preprocess.fit(real.train.images, normalize=not args.no_normalize, zca=args.zca)
+    if args.method != "random":
+        raise PDDError(f"unknown selection method {args.method!r}; available: random")
+    indices = random_stage_indices(real.train, args.num_stages, args.ipc, args.seed)
+    folder = export_selection(
+        args.output,
+        real,
+        indices,
+        preprocess,
+        method=args.method,
+        lr=args.lr,
+        epochs=args.epochs,
+        config=vars(args) | {"func": None},
+    )
+    print(f"wrote {args.num_stages} stages x {args.ipc} images per class of {args.real} to {folder}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from pdd_hub.hub import push_to_hub
+
+    url = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision)
+    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdd-hub", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("eval", help="train timm models on an export's schedule and test them on real data")
+    ev.add_argument("synthetic", help="export folder or Hub dataset repo id")
+    ev.add_argument("--real", required=True, help="real dataset: Hub id, local folder or sklearn:digits")
+    ev.add_argument("--model", action="append", help="timm model name (repeat for several)")
+    ev.add_argument("--seeds", type=int, default=3, help="number of seeds per model (default 3)")
+    ev.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    ev.add_argument("--epochs-per-stage", type=int, default=None, help="override the schedule's epochs")
+    ev.add_argument("--mode", choices=["progressive", "union", "sequential"], default="progressive")
+    ev.add_argument("--output", default="results.json", help="JSON output path (the plot goes beside it)")
+    ev.add_argument("--plot", default=None, help="PNG plot path (default: OUTPUT with .png)")
+    ev.add_argument("--test-split", default="test")
+    ev.add_argument("--image-column", default=None)
+    ev.add_argument("--label-column", default=None)
+    ev.add_argument("--revision", default=None, help="Hub revision of the export")
+    ev.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
+    ev.set_defaults(func=_eval)
+
+    sh = sub.add_parser("show", help="print an export's schedule")
+    sh.add_argument("synthetic")
+    sh.add_argument("--revision", default=None)
+    sh.add_argument("--json", action="store_true", help="also print the whole pdd_schedule.json")
+    sh.set_defaults(func=_show)
+
+    se = sub.add_parser("select", help="export real images chosen by a selection baseline as stages")
+    se.add_argument("--real", required=True, help="real dataset: Hub id, local folder or sklearn:digits")
+    se.add_argument("--method", default="random", help="selection baseline (default random)")
+    se.add_argument("--num-stages", type=int, default=5)
+    se.add_argument("--ipc", type=int, default=2, help="images per class per stage")
+    se.add_argument("--output", required=True, help="export folder to write")
+    se.add_argument("--zca", action="store_true", help="ZCA-whiten (as the MTT family does)")
+    se.add_argument("--no-normalize", action="store_true", help="skip mean/std normalisation")
+    se.add_argument("--lr", type=float, default=0.01, help="training LR recorded for every stage")
+    se.add_argument("--epochs", type=int, default=500, help="training epochs recorded for every stage")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--val-per-class", type=int, default=50)
+    se.add_argument("--image-column", default=None)
+    se.add_argument("--label-column", default=None)
+    se.set_defaults(func=_select)
+
+    pu = sub.add_parser("push", help="upload an export folder to a Hub dataset repo")
+    pu.add_argument("folder")
+    pu.add_argument("repo_id")
+    pu.add_argument("--private", action="store_true")
+    pu.add_argument("--revision", default=None)
+    pu.set_defaults(func=_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PDDError as exc:
+        print(f"pdd-hub {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

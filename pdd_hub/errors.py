@@ -1,0 +1,39 @@
+"""Errors a user can cause. Each message names the offending key, file, split, column or row.
+
+They subclass ``ValueError``/``FileNotFoundError`` so generic callers can catch them, and the CLI
+prints them as one paragraph without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PDDError(Exception):
+    """Base class of every error pdd-hub raises on bad input."""
+
+
+class DatasetFormatError(PDDError, ValueError):
+    """The source dataset cannot be used: missing column, undecodable image, bad labels, ..."""
+
+
+class ExportFormatError(PDDError, ValueError):
+    """An exported PDD folder is incomplete, inconsistent or of an unknown format version."""
+
+
+class ExportNotFoundError(PDDError, FileNotFoundError):
+    """An exported PDD folder (or one of its required files) does not exist."""
+
+
+class HubPushError(PDDError, RuntimeError):
+    """The Hub refused an upload (no or bad token, no write access, ...)."""
+
+
+class ConfigError(PDDError, ValueError):
+    """A config key is unknown or a config value is invalid."""
+
+
+class ModelNotFoundError(PDDError, ValueError):
+    """timm does not know the requested model name."""
+
+
+class DistillationDivergedError(PDDError, RuntimeError):
+    """Distillation kept producing non-finite values after restoring the last good state."""

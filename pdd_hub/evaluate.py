@@ -1,0 +1,164 @@
+"""Cross-architecture evaluation of an export: models x seeds, accuracy after every stage.
+
+Each (model, seed) run is independent, so accelerate's processes split the runs between them
+(the synthetic set is far too small to split one run's batches); results are gathered on every
+process and reported by the main one as a markdown table, JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from pdd_hub.augment import build_augment
+from pdd_hub.data.images import ImageSet
+from pdd_hub.errors import DatasetFormatError
+from pdd_hub.hub import PDDDataset
+from pdd_hub.models import check_model_name, create_model
+from pdd_hub.train import evaluate_accuracy, plan_stages, train_stages
+
+
+@dataclass
+class EvalReport:
+    """Test accuracy per model, per seed, after each training phase."""
+
+    export: str
+    real: str
+    mode: str
+    phases: list[str]
+    epochs: list[int]
+    accuracies: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, list[tuple[float, float]]]:
+        """(mean, std) over seeds after each phase, per model (std 0 with one seed)."""
+        out = {}
+        for model, by_seed in self.accuracies.items():
+            runs = list(by_seed.values())
+            out[model] = [
+                (
+                    statistics.fmean(r[k] for r in runs),
+                    statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0,
+                )
+                for k in range(len(self.phases))
+            ]
+        return out
+
+    def to_markdown(self) -> str:
+        seeds = max((len(v) for v in self.accuracies.values()), default=0)
+        header = "| model | " + " | ".join(self.phases) + " |"
+        rule = "|---|" + "---|" * len(self.phases)
+        rows = [
+            f"| {model} | " + " | ".join(f"{100 * m:.2f} ± {100 * s:.2f}" for m, s in points) + " |"
+            for model, points in self.summary().items()
+        ]
+        caption = f"Test accuracy (%) after each phase, mode {self.mode}, mean ± std over {seeds} seed(s)"
+        return "\n".join([caption, "", header, rule, *rows])
+
+    def to_dict(self) -> dict:
+        return {
+            "export": self.export,
+            "real": self.real,
+            "mode": self.mode,
+            "phases": self.phases,
+            "epochs": self.epochs,
+            "accuracy": {m: {str(s): a for s, a in sorted(v.items())} for m, v in self.accuracies.items()},
+            "summary": {m: [{"mean": a, "std": b} for a, b in pts] for m, pts in self.summary().items()},
+        }
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    def save_plot(self, path: str | Path) -> Path:
+        from pdd_hub.viz import plot_accuracy_per_stage
+
+        labels = [p.replace("stage_", "") for p in self.phases]
+        return plot_accuracy_per_stage(
+            self.summary(), path, title=f"{Path(self.export).name}: {self.mode}", xlabels=labels
+        )
+
+
+def check_compatible(pdd: PDDDataset, real: ImageSet, real_name: str) -> None:
+    """The real test set must have the export's classes and image shape."""
+    if real.num_classes != pdd.schedule.num_classes:
+        raise DatasetFormatError(
+            f"real dataset {real_name!r} has {real.num_classes} classes but the export has "
+            f"{pdd.schedule.num_classes} ({pdd.schedule.class_names[:5]}...)"
+        )
+    if tuple(real.image_shape) != tuple(pdd.schedule.image_shape):
+        raise DatasetFormatError(
+            f"real dataset {real_name!r} has images of shape {tuple(real.image_shape)} but the export was "
+            f"distilled at {tuple(pdd.schedule.image_shape)}"
+        )
+
+
+def evaluate_export(
+    pdd: PDDDataset,
+    test: ImageSet,
+    model_names: list[str],
+    seeds: list[int],
+    *,
+    mode: str = "progressive",
+    epochs_per_stage: int | None = None,
+    accelerator: Accelerator | None = None,
+    real_name: str = "",
+    progress: bool = True,
+) -> EvalReport:
+    """Train every model with every seed on the export's schedule; test after each phase."""
+    for name in model_names:
+        check_model_name(name)
+    check_compatible(pdd, test, real_name)
+    accelerator = accelerator or Accelerator()
+    device = accelerator.device
+    plans = plan_stages(pdd, mode, epochs_per_stage)
+    augment = build_augment(pdd.schedule.training.get("augment", "dsa"))
+    test_x = pdd.preprocess.apply_all(test.images.to(device))
+    test_y = test.labels.to(device)
+    channels, size = pdd.schedule.image_shape[0], pdd.schedule.image_shape[1]
+
+    jobs = [(name, seed) for name in model_names for seed in seeds]
+    results = []
+    show = progress and accelerator.is_main_process
+    with accelerator.split_between_processes(jobs) as my_jobs:
+        for name, seed in tqdm(my_jobs, desc="eval runs", disable=not show):
+            set_seed(seed)
+            model = create_model(name, pdd.schedule.num_classes, channels, size).to(device)
+            generator = torch.Generator().manual_seed(seed)
+            accs: list[float] = []
+
+            def test_after_stage(_stage: int, trained: torch.nn.Module, accs: list[float] = accs) -> None:
+                accs.append(evaluate_accuracy(trained, test_x, test_y))
+
+            train_stages(
+                model,
+                plans,
+                augment=augment,
+                generator=generator,
+                after_stage=test_after_stage,
+                progress=show,
+                description=f"{name} seed {seed}",
+            )
+            results.append((name, seed, accs))
+    results = gather_object(results) if accelerator.num_processes > 1 else results
+
+    report = EvalReport(
+        export=str(pdd.path),
+        real=real_name,
+        mode=mode,
+        phases=[p.name for p in plans],
+        epochs=[p.epochs for p in plans],
+    )
+    for name in model_names:
+        report.accuracies[name] = {}
+    for name, seed, accs in results:
+        report.accuracies[name][seed] = accs
+    return report

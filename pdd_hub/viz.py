@@ -1,0 +1,82 @@
+"""Pictures people would rather look at: grids of synthetic images and accuracy-per-stage plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+
+def to_uint8_pictures(images: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` floats in (roughly) [0, 1] -> uint8 ``[N, H, W, C]``, clamped for display."""
+    return rearrange(
+        (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8), "n c h w -> n h w c"
+    )
+
+
+def image_grid(
+    pictures: torch.Tensor, labels: torch.Tensor, num_classes: int, min_cell: int = 32, pad: int = 2
+) -> Image.Image:
+    """One row per class, its images left to right; small images are upscaled to ``min_cell`` px."""
+    pictures, labels = pictures.cpu(), labels.cpu()
+    _, h, w, c = pictures.shape
+    rows = [pictures[labels == k] for k in range(num_classes)]
+    cols = max(1, max(len(r) for r in rows))
+    scale = max(1, -(-min_cell // max(h, w)))
+    cell_h, cell_w = h * scale, w * scale
+    canvas = np.full((num_classes * (cell_h + pad) + pad, cols * (cell_w + pad) + pad, c), 255, np.uint8)
+    for k, row in enumerate(rows):
+        for j, pic in enumerate(row):
+            big = pic.numpy().repeat(scale, 0).repeat(scale, 1)
+            y, x = pad + k * (cell_h + pad), pad + j * (cell_w + pad)
+            canvas[y : y + cell_h, x : x + cell_w] = big
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+
+
+def save_image_grid(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: str | Path, **kwargs
+) -> Path:
+    """Write :func:`image_grid` of ``images`` (already mapped back to [0, 1]) as a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(to_uint8_pictures(images), labels, num_classes, **kwargs).save(path)
+    return path
+
+
+def plot_accuracy_per_stage(
+    results: dict[str, list[tuple[float, float]]],
+    path: str | Path,
+    title: str = "",
+    xlabels: list[str] | None = None,
+) -> Path:
+    """Line plot of mean accuracy (with ±std bars) after each stage, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, points in results.items():
+        xs = np.arange(1, len(points) + 1)
+        means = [100 * m for m, _ in points]
+        stds = [100 * s for _, s in points]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name)
+    longest = max((len(p) for p in results.values()), default=1)
+    ax.set_xticks(np.arange(1, longest + 1))
+    if xlabels:
+        ax.set_xticklabels(xlabels[:longest])
+    ax.set_xlabel("stage")
+    ax.set_ylabel("test accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,165 @@
+"""The pdd-hub command line: eval (one and two processes), select, show; clear errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable, "-m"]) + ["pdd_hub.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def digits_export(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "digits-random"
+    result = cli(
+        "select",
+        "--real",
+        "sklearn:digits",
+        "--num-stages",
+        "3",
+        "--ipc",
+        "2",
+        "--output",
+        str(out),
+        "--val-per-class",
+        "10",
+        "--epochs",
+        "6",
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_eval_prints_table_writes_json_and_plot(digits_export, tmp_path):
+    output = tmp_path / "results.json"
+    result = cli(
+        "eval",
+        str(digits_export),
+        "--real",
+        "sklearn:digits",
+        "--model",
+        "convnet_d3",
+        "--model",
+        "resnet10_cifar_bn",
+        "--seeds",
+        "2",
+        "--epochs-per-stage",
+        "3",
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| model | stage_1 | stage_1..2 | stage_1..3 |" in result.stdout
+    assert "| convnet_d3 |" in result.stdout and " ± " in result.stdout
+    data = json.loads(output.read_text())
+    assert data["phases"] == ["stage_1", "stage_1..2", "stage_1..3"] and data["epochs"] == [3, 3, 3]
+    assert sorted(data["accuracy"]["convnet_d3"]) == ["0", "1"]
+    assert all(
+        len(a) == 3 and all(0 <= x <= 1 for x in a) for a in data["accuracy"]["resnet10_cifar_bn"].values()
+    )
+    assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mode,phases", [("union", 1), ("sequential", 3)])
+def test_eval_modes(digits_export, tmp_path, mode, phases):
+    output = tmp_path / "r.json"
+    result = cli(
+        "eval",
+        str(digits_export),
+        "--real",
+        "sklearn:digits",
+        "--model",
+        "convnet_d2",
+        "--seeds",
+        "1",
+        "--epochs-per-stage",
+        "2",
+        "--mode",
+        mode,
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(output.read_text())["phases"]) == phases
+
+
+def test_eval_on_two_cpu_processes_gathers_every_run(digits_export, tmp_path):
+    output = tmp_path / "r2.json"
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+    ]
+    result = cli(
+        "eval",
+        str(digits_export),
+        "--real",
+        "sklearn:digits",
+        "--model",
+        "convnet_d2",
+        "--seeds",
+        "3",
+        "--epochs-per-stage",
+        "2",
+        "--output",
+        str(output),
+        launcher=launcher,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(output.read_text())
+    assert sorted(data["accuracy"]["convnet_d2"]) == ["0", "1", "2"]
+    assert result.stdout.count("| convnet_d2 |") == 1  # only the main process reports
+
+
+def test_show(digits_export):
+    result = cli("show", str(digits_export))
+    assert result.returncode == 0, result.stderr
+    assert "| stage_3 | 2 | 0.01 | 6 |" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["eval", "{export}", "--real", "sklearn:digits", "--model", "resnet_does_not_exist"],
+            "timm does not know",
+        ),
+        (["eval", "{missing}", "--real", "sklearn:digits", "--model", "convnet_d3"], "no export folder"),
+        (["eval", "{export}", "--real", "sklearn:digits"], "at least one --model"),
+        (
+            ["select", "--real", "sklearn:digits", "--ipc", "100", "--output", "{tmp}/x"],
+            "need 500 images of class",
+        ),
+    ],
+)
+def test_bad_input_is_one_paragraph_without_traceback(digits_export, tmp_path, args, message):
+    fill = {"export": str(digits_export), "missing": str(tmp_path / "missing"), "tmp": str(tmp_path)}
+    result = cli(*[a.format(**fill) for a in args])
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_against_a_dataset_of_another_shape(digits_export, cifar10_path):
+    result = cli("eval", str(digits_export), "--real", str(cifar10_path), "--model", "convnet_d3")
+    assert result.returncode == 2
+    assert "shape (3, 32, 32)" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,169 @@
+"""Real data: sources, column detection, the decode cache, splits, normalisation and ZCA, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pdd_hub.data import ImageSet, Preprocess, ZCAWhitening, load_real_data, stratified_split
+from pdd_hub.data import sources as sources_mod
+from pdd_hub.errors import DatasetFormatError
+from pdd_hub.selection import random_stage_indices
+from tests.helpers import write_image_folder
+
+
+def test_embedded_digits_is_offline_and_grey_8px(digits):
+    assert digits.image_shape == (1, 8, 8)
+    assert digits.class_names == [str(d) for d in range(10)]
+    assert len(digits.train) + len(digits.val) == 1437 and len(digits.test) == 360
+    assert digits.train.images.dtype == torch.uint8 and digits.train.images.max() == 255
+
+
+def test_cifar10_local_hub_folder(cifar10):
+    assert cifar10.source.image_column == "img" and cifar10.source.label_column == "label"
+    assert cifar10.image_shape == (3, 32, 32)
+    assert len(cifar10.train) == 50_000 - 200 and len(cifar10.val) == 200 and len(cifar10.test) == 10_000
+    assert cifar10.class_names[0] == "airplane"
+    assert cifar10.val.class_counts() == [20] * 10
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32), (3, 64)])
+def test_keeps_channels_and_size(tmp_path, channels, size):
+    folder = write_image_folder(tmp_path / "ds", channels=channels, size=size)
+    data = load_real_data(str(folder), val_per_class=1)
+    assert data.image_shape == (channels, size, size)
+    assert data.test.image_shape == (channels, size, size)
+
+
+def test_column_overrides_and_detection_by_name(tmp_path):
+    folder = write_image_folder(tmp_path / "ds", image_column="pixels", label_column="fine_label")
+    # "pixels" is not a well-known name: found by its Image feature type
+    data = load_real_data(str(folder), val_per_class=1)
+    assert (data.source.image_column, data.source.label_column) == ("pixels", "fine_label")
+    data = load_real_data(str(folder), val_per_class=1, image_column="pixels", label_column="fine_label")
+    assert data.num_classes == 3
+
+
+def test_decode_cache_makes_second_load_skip_decoding(tmp_path, monkeypatch):
+    folder = write_image_folder(tmp_path / "ds")
+    first = load_real_data(str(folder), val_per_class=1, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "decoded").glob("*.safetensors"))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(sources_mod, "_decode_images", boom)
+    second = load_real_data(str(folder), val_per_class=1, cache_dir=tmp_path / "cache")
+    assert torch.equal(first.train.images, second.train.images)
+    assert torch.equal(first.test.labels, second.test.labels)
+
+
+def test_stratified_validation_split_is_seeded_and_disjoint(digits):
+    whole = ImageSet(
+        torch.cat([digits.train.images, digits.val.images]),
+        torch.cat([digits.train.labels, digits.val.labels]),
+        digits.class_names,
+    )
+    rest_a, val_a = stratified_split(whole, 5, seed=1)
+    _, val_b = stratified_split(whole, 5, seed=1)
+    _, val_c = stratified_split(whole, 5, seed=2)
+    assert torch.equal(val_a.images, val_b.images) and not torch.equal(val_a.images, val_c.images)
+    assert val_a.class_counts() == [5] * 10
+    assert len(rest_a) + len(val_a) == len(whole)
+    assert sum(c for c in rest_a.class_counts()) == len(whole) - 50
+
+
+def test_class_balanced_index(digits):
+    by_class = digits.train.indices_by_class()
+    for c, idx in enumerate(by_class):
+        assert (digits.train.labels[idx] == c).all()
+    assert sum(len(i) for i in by_class) == len(digits.train)
+
+
+def test_zca_round_trip_and_whitening(cifar10):
+    x = cifar10.train.images[:3000]
+    pre = Preprocess.fit(x, normalize=False, zca=True)
+    z = pre(cifar10.test.images[:64])
+    back = pre.inverse(z)
+    torch.testing.assert_close(back, cifar10.test.images[:64].float() / 255, atol=2e-4, rtol=0)
+    # whitening: the covariance of whitened training data has eigenvalues s / (s + eps) < 1
+    zt = pre(x).flatten(1).double()
+    cov = torch.cov(zt.T)
+    eig = torch.linalg.eigvalsh(cov)
+    assert eig.max() < 1.0 + 1e-3 and eig.max() > 0.5
+
+
+def test_preprocess_serialises_exactly(digits):
+    pre = Preprocess.fit(digits.train.images, zca=True, zca_eps=0.05)
+    rebuilt = Preprocess.from_config(pre.to_config(), pre.tensors())
+    x = digits.test.images[:10]
+    assert torch.equal(pre(x), rebuilt(x))
+    assert rebuilt.zca is not None and rebuilt.zca.eps == 0.05
+    plain = Preprocess.fit(digits.train.images)
+    assert plain.tensors() == {} and plain.to_config()["zca"] is None
+    torch.testing.assert_close(plain(digits.train.images).mean(), torch.tensor(0.0), atol=1e-4, rtol=0)
+
+
+def test_zca_needs_two_images():
+    with pytest.raises(ValueError, match="two images"):
+        ZCAWhitening.fit(torch.randn(1, 1, 2, 2))
+
+
+# --- bad input --------------------------------------------------------------------------------
+def test_dataset_without_image_column(tmp_path):
+    import datasets
+
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).to_parquet(
+            str(tmp_path / "ds" / "data" / f"{split}-00000-of-00001.parquet")
+        )
+    with pytest.raises(DatasetFormatError, match=r"no image column.*\['text', 'label'\]"):
+        load_real_data(str(tmp_path / "ds"))
+
+
+def test_dataset_without_label_column(tmp_path):
+    folder = write_image_folder(tmp_path / "ds", label_column="target_class")
+    import datasets
+
+    # a plain int column with an unknown name and no ClassLabel type is not guessed
+    for split in ("train", "test"):
+        path = folder / "data" / f"{split}-00000-of-00001.parquet"
+        ds = datasets.Dataset.from_parquet(str(path))
+        ds = ds.cast_column("target_class", datasets.Value("int64"))
+        ds.to_parquet(str(path))
+    with pytest.raises(DatasetFormatError, match="no label column"):
+        load_real_data(str(folder))
+    with pytest.raises(DatasetFormatError, match="no label column 'nope'"):
+        load_real_data(str(folder), label_column="nope")
+
+
+def test_undecodable_image_names_the_row(tmp_path):
+    folder = write_image_folder(tmp_path / "ds", corrupt_row=4)
+    with pytest.raises(DatasetFormatError, match="row 4: cannot decode"):
+        load_real_data(str(folder), val_per_class=1)
+
+
+def test_labels_outside_the_class_range_name_the_row(tmp_path):
+    # -1 is how many Hub datasets mark missing labels
+    folder = write_image_folder(tmp_path / "ds", label_override={5: -1})
+    with pytest.raises(DatasetFormatError, match=r"row 5: label -1 .* outside the class range 0\.\.2"):
+        load_real_data(str(folder), val_per_class=1)
+
+
+def test_ipc_larger_than_a_class(digits):
+    with pytest.raises(DatasetFormatError, match="need 1000 images of class 0"):
+        random_stage_indices(digits.train, num_stages=5, ipc=200, seed=0)
+    with pytest.raises(DatasetFormatError, match="cannot take 500 images per class"):
+        digits.train.sample_per_class(500, torch.Generator())
+
+
+def test_validation_larger_than_a_class(tmp_path):
+    folder = write_image_folder(tmp_path / "ds", per_class=4)
+    with pytest.raises(DatasetFormatError, match="lower val_per_class"):
+        load_real_data(str(folder), val_per_class=4)
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetFormatError, match="could not load dataset"):
+        load_real_data(str(tmp_path / "nowhere" / "ds"))
