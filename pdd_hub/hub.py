@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -390,17 +391,20 @@ def load_pdd(
     folder = resolve_export(path_or_repo_id, revision, endpoint=endpoint, token=token)
     schedule = read_schedule(folder)
     _check_data_files(folder, schedule)
-    try:
-        dataset_dict = datasets.load_dataset(str(folder))
-    except Exception as exc:
-        raise ExportFormatError(f"datasets could not read the export at {folder}: {exc}") from exc
-    found = list(dataset_dict.keys())
-    if found != schedule.split_names:
-        raise ExportFormatError(
-            f"{folder}: the dataset's splits {found} do not match the stages of {SCHEDULE_FILE} "
-            f"{schedule.split_names}"
-        )
-    stages = [_read_stage(dataset_dict[spec.split], spec, schedule) for spec in schedule.stages]
+    # A private, throw-away datasets cache: datasets' shared cache of a local folder with README
+    # `configs:` is keyed by the folder's name only, so a re-export would be read back stale.
+    with tempfile.TemporaryDirectory(prefix="pdd_hub_load_") as cache_dir:
+        try:
+            dataset_dict = datasets.load_dataset(str(folder), cache_dir=cache_dir, keep_in_memory=True)
+        except Exception as exc:
+            raise ExportFormatError(f"datasets could not read the export at {folder}: {exc}") from exc
+        found = list(dataset_dict.keys())
+        if found != schedule.split_names:
+            raise ExportFormatError(
+                f"{folder}: the dataset's splits {found} do not match the stages of {SCHEDULE_FILE} "
+                f"{schedule.split_names}"
+            )
+        stages = [_read_stage(dataset_dict[spec.split], spec, schedule) for spec in schedule.stages]
     preprocess = _read_preprocess(folder, schedule)
     return PDDDataset(schedule=schedule, stages=stages, preprocess=preprocess, path=folder)
 

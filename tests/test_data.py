@@ -167,3 +167,16 @@ def test_validation_larger_than_a_class(tmp_path):
 def test_missing_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetFormatError, match="could not load dataset"):
         load_real_data(str(tmp_path / "nowhere" / "ds"))
+
+
+def test_same_named_local_datasets_are_not_confused(tmp_path):
+
+    for root, seed in (("a", 0), ("b", 1)):
+        write_image_folder(tmp_path / root / "ds", seed=seed)
+        (tmp_path / root / "ds" / "README.md").write_text(
+            "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
+            "  - split: test\n    path: data/test-*\n---\n"
+        )
+    a = load_real_data(str(tmp_path / "a" / "ds"), val_per_class=1)
+    b = load_real_data(str(tmp_path / "b" / "ds"), val_per_class=1)
+    assert not torch.equal(a.test.images, b.test.images)

@@ -275,3 +275,13 @@ def test_cli_push_takes_the_token_from_the_environment(tmp_path, fake_hub):
 def test_unknown_repo_is_a_clear_error(tmp_path, fake_hub):
     with pytest.raises(ExportNotFoundError, match="org/missing"):
         load_pdd("org/missing", endpoint=fake_hub.url, token=FAKE_TOKEN)
+
+
+def test_re_export_and_same_named_folders_are_never_read_stale(tmp_path):
+    # datasets caches a local folder with README `configs:` under its name alone; load_pdd must not
+    _, first, _ = make_export(tmp_path / "a" / "dataset", seed=0)
+    _, other, _ = make_export(tmp_path / "b" / "dataset", seed=1)
+    assert torch.equal(load_pdd(tmp_path / "a" / "dataset").stages[0].images, first[0][0])
+    assert torch.equal(load_pdd(tmp_path / "b" / "dataset").stages[0].images, other[0][0])
+    _, rewritten, _ = make_export(tmp_path / "a" / "dataset", seed=2)
+    assert torch.equal(load_pdd(tmp_path / "a" / "dataset").stages[0].images, rewritten[0][0])

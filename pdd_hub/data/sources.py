@@ -26,7 +26,7 @@ IMAGE_COLUMN_CANDIDATES = ("img", "image", "images", "pixel_values")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "coarse_label")
 TEST_SPLIT_CANDIDATES = ("test", "validation", "valid", "val")
 # Bump when decoding changes, so stale caches are never read.
-_DECODER_VERSION = 1
+_DECODER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,17 @@ def _load_dataset_dict(source: str):
             f"dataset path {source!r} is a file; give a folder in Hub layout or a Hub id"
         )
     try:
-        loaded = datasets.load_dataset(str(path) if path.exists() else source)
+        if path.exists():
+            # datasets keys its cache of a local folder whose README lists `configs:` by the folder's
+            # name and file patterns only, so two folders of the same name, or a folder rewritten in
+            # place, would read each other's stale cache. A cache keyed by path and file stats can't.
+            fingerprint = local_folder_fingerprint(path)
+            cache_dir = default_cache_dir() / "datasets" / fingerprint
+            loaded = datasets.load_dataset(str(path), cache_dir=str(cache_dir))
+            for name, split in loaded.items():
+                split._fingerprint = f"{fingerprint}-{name}"
+        else:
+            loaded = datasets.load_dataset(source)
     except Exception as exc:  # datasets raises many types; the user needs the source and the reason
         hint = (
             "" if path.exists() else " (not a local folder either; offline? set HF_HUB_OFFLINE=0 to download)"
@@ -169,6 +179,18 @@ def _load_dataset_dict(source: str):
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
+
+
+def local_folder_fingerprint(path: Path) -> str:
+    """A hash of a folder's absolute path and the names, sizes and mtimes of its files."""
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        stat = file.stat()
+        digest.update(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def detect_columns(ds, image_column: str | None, label_column: str | None, source: str) -> tuple[str, str]:
@@ -299,7 +321,7 @@ def _decode_images(ds, image_column: str, image_size: int | None) -> torch.Tenso
                     f"row {row}: cannot decode the image in column {image_column!r} ({exc})"
                 ) from exc
             if mode is None:
-                mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+                mode = _dataset_mode(raw, image_column)
                 size = (image_size, image_size) if image_size else img.size
                 channels = 1 if mode == "L" else 3
                 out = np.empty((len(ds), size[1], size[0], channels), dtype=np.uint8)
@@ -316,7 +338,25 @@ def _decode_images(ds, image_column: str, image_size: int | None) -> torch.Tenso
             row += 1
     if out is None:
         raise DatasetFormatError(f"column {image_column!r} is empty")
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    # Canonical NCHW strides: for one channel, .contiguous() would keep channels-last strides, which
+    # send convolutions down other kernels and make results depend on whether the cache was hit.
+    return torch.from_numpy(out).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _dataset_mode(raw, image_column: str, probe: int = 256) -> str:
+    """'RGB' if any of the first ``probe`` images has colour, else 'L': datasets such as
+    Tiny-ImageNet mix a few grey images into colour ones, and one grey first image must not decide."""
+    head = raw.select(range(min(probe, len(raw))))
+    for value in head.with_format(None)[image_column]:
+        try:
+            if _to_pil(value).mode not in GREY_MODES:
+                return "RGB"
+        except Exception:
+            continue  # undecodable rows are reported, with their row number, by the main loop
+    return "L"
 
 
 def _to_pil(value) -> PILImage.Image:

@@ -179,6 +179,7 @@ def _channel_std(x: torch.Tensor) -> torch.Tensor:
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    return images.float()
+    # contiguous_format: same strides whatever the input's were, so the kernels downstream (and
+    # their rounding) do not depend on how the input tensor was made
+    x = images.to(torch.float32, memory_format=torch.contiguous_format)
+    return x.div_(255.0) if images.dtype == torch.uint8 else x

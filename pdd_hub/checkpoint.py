@@ -1,0 +1,126 @@
+"""Mid-stage checkpoints that make a killed run resume exactly where it stopped.
+
+``accelerate``'s ``save_state``/``load_state`` keeps the global RNG streams of every process (loaded
+with ``weights_only=True``); everything else — the images, the optimiser's momentum and LRs, the
+method's learned tensors, the explicit generators, the best-so-far selection — goes into
+safetensors and JSON beside it. A checkpoint is written to a temporary folder and renamed into
+place, so a crash while saving leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+from pdd_hub.io import load_json, save_json, save_tensors
+
+
+class StageCheckpoint:
+    """The one current checkpoint of a run, in ``root``."""
+
+    def __init__(self, root: str | Path, accelerator: Accelerator) -> None:
+        self.root = Path(root)
+        self.accelerator = accelerator
+        self.path = self.root / "current"
+
+    def save(
+        self,
+        *,
+        stage: int,
+        iteration: int,
+        tensors: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        meta: dict[str, Any],
+    ) -> None:
+        acc = self.accelerator
+        tmp = self.root / ".incoming"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        tmp.mkdir(parents=True, exist_ok=True)
+        acc.save_state(str(tmp))  # global RNG of every process
+        save_tensors({"state": generator.get_state()}, tmp / f"generator_{acc.process_index}.safetensors")
+        if acc.is_main_process:
+            optim_tensors, optim_meta = optimizer_state_to_tensors(optimizer)
+            save_tensors(
+                {**tensors, **{f"optimizer.{k}": v for k, v in optim_tensors.items()}},
+                tmp / "state.safetensors",
+            )
+            save_json(
+                {"stage": stage, "iteration": iteration, "optimizer": optim_meta, **meta},
+                tmp / "progress.json",
+            )
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            old = self.root / ".outgoing"
+            if self.path.exists():
+                os.rename(self.path, old)
+            os.rename(tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def load(
+        self, stage: int, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Restore the checkpoint of ``stage`` into ``optimizer``, ``generator`` and the global RNG;
+        returns ``(tensors, progress)``, or ``None`` if there is no checkpoint of this stage."""
+        self._recover()
+        progress_file = self.path / "progress.json"
+        if not progress_file.exists():
+            return None
+        progress = load_json(progress_file)
+        if progress["stage"] != stage:
+            return None
+        self.accelerator.load_state(str(self.path))
+        generator.set_state(
+            load_file(str(self.path / f"generator_{self.accelerator.process_index}.safetensors"))["state"]
+        )
+        tensors = load_file(str(self.path / "state.safetensors"))
+        optim = {k[len("optimizer.") :]: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        optimizer_state_from_tensors(optimizer, optim, progress["optimizer"])
+        return {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}, progress
+
+    def clear(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+    def _recover(self) -> None:
+        # killed between the two renames of save(): the previous checkpoint is in .outgoing
+        old = self.root / ".outgoing"
+        if not self.path.exists() and old.exists() and self.accelerator.is_main_process:
+            os.rename(old, self.path)
+        self.accelerator.wait_for_everyone()
+
+
+def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser's ``state_dict`` as safetensors-able tensors plus a JSON-able rest."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, entry in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

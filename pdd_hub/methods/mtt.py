@@ -1,0 +1,151 @@
+"""MTT: matching training trajectories (Cazenavette et al., CVPR 2022) with a learned LR per stage.
+
+Each loss evaluation samples an expert and a start epoch t, unrolls ``syn_steps`` SGD steps of a
+student from the expert's parameters at t on DSA-augmented minibatches of the synthetic union, and
+compares where the student lands with where the expert was at t + M:
+
+    loss = ||θ_student − θ*_{t+M}||² / ||θ*_t − θ*_{t+M}||²
+
+The unroll is functional (``torch.func.functional_call`` on flat parameters), so the gradient
+reaches the images and the learned LR through every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from pdd_hub.config import ExpertConfig, MTTConfig
+from pdd_hub.methods.base import Distiller, StageContext
+from pdd_hub.methods.experts import ExpertSet, train_experts
+from pdd_hub.methods.params import build_network, unflatten
+
+
+class MTT(Distiller):
+    name = "mtt"
+
+    def __init__(
+        self,
+        config: MTTConfig,
+        experts: ExpertConfig,
+        num_classes: int,
+        image_shape: tuple[int, int, int],
+        *,
+        track_forgetting: bool = False,
+    ) -> None:
+        self.config = config
+        self.expert_config = experts
+        self.num_classes = num_classes
+        self.image_shape = image_shape
+        self.track_forgetting = track_forgetting
+        self.syn_lr: torch.Tensor | None = None
+        self.trajectories: list[torch.Tensor] = []
+        self.experts: ExpertSet | None = None
+
+    # --- stage set-up -------------------------------------------------------------------------
+    def begin_stage(self, ctx: StageContext) -> None:
+        """Train (or load) the experts of this stage from its start states, then keep the part of
+        their trajectories that matching can reach in memory."""
+        cfg = self.config
+        device = ctx.accelerator.device
+        # Without a transition (and on the same data) stage k's experts would repeat stage 1's.
+        same_as_stage_1 = ctx.start_states_stage == 1 and len(ctx.pool) == len(ctx.real)
+        expert_stage = 1 if same_as_stage_1 else ctx.stage
+        self.experts = train_experts(
+            ctx.work_dir / "experts" / f"stage_{expert_stage}",
+            model_name=ctx.model_name,
+            num_classes=self.num_classes,
+            image_shape=self.image_shape,
+            train_x=ctx.real.images,
+            train_y=ctx.real.labels,
+            pool=ctx.pool,
+            start_states=ctx.start_states[: self.expert_config.num_experts],
+            # stage 1 trains full experts; later stages need only the epochs matching reaches
+            epochs=self.expert_config.epochs
+            if expert_stage == 1
+            else cfg.max_start_epoch + cfg.expert_epochs + 1,
+            config=self.expert_config,
+            augment=ctx.augment,
+            seed=ctx.seed * 1000 + expert_stage,
+            accelerator=ctx.accelerator,
+            track_forgetting=self.track_forgetting and expert_stage == 1,
+            progress=ctx.progress,
+        )
+        reach = cfg.max_start_epoch + cfg.expert_epochs
+        self.trajectories = [self.experts.trajectory(i, upto=reach) for i in range(len(self.experts))]
+        self.network = build_network(ctx.model_name, self.num_classes, self.image_shape).to(device)
+        self.network.train()
+        self.augment = ctx.augment
+        self.generator = ctx.generator
+        self.batch_syn = cfg.batch_syn or self.num_classes * ctx.ipc
+        self.syn_lr = torch.tensor(cfg.lr_init, device=device, requires_grad=True)
+        self._last: dict[str, float] = {}
+
+    def image_optimizer(self) -> dict[str, float]:
+        return {"lr": self.config.lr_img, "momentum": self.config.momentum}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [self.syn_lr], "lr": self.config.lr_lr, "momentum": self.config.momentum}]
+
+    # --- the loss -----------------------------------------------------------------------------
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        device = images.device
+        expert = int(torch.randint(len(self.trajectories), (1,), generator=self.generator))
+        start = int(torch.randint(cfg.max_start_epoch, (1,), generator=self.generator))
+        start_params = self.trajectories[expert][start].to(device)
+        target_params = self.trajectories[expert][start + cfg.expert_epochs].to(device)
+
+        student = self.unroll(images, labels, start_params)
+        matched = (student - target_params).pow(2).sum()
+        travelled = (start_params - target_params).pow(2).sum()
+        self._last = {"expert": expert, "start_epoch": start}
+        return matched / travelled
+
+    def unroll(self, images: torch.Tensor, labels: torch.Tensor, start_params: torch.Tensor) -> torch.Tensor:
+        """``syn_steps`` differentiable SGD steps from ``start_params`` on minibatches of ``images``
+        drawn without replacement from the whole union (a new permutation when one is used up)."""
+        differentiable = torch.is_grad_enabled()
+        with torch.enable_grad():  # the student's own gradients are needed even under no_grad
+            theta = start_params.clone().requires_grad_(True)
+            for idx in self.student_batches(len(images)):
+                x = images[idx]
+                if self.augment is not None:
+                    x = self.augment(x, self.generator)
+                logits = functional_call(self.network, unflatten(self.network, theta), (x,))
+                ce = F.cross_entropy(logits, labels[idx])
+                (grad,) = torch.autograd.grad(ce, theta, create_graph=differentiable)
+                theta = theta - self.syn_lr * grad
+        return theta
+
+    def student_batches(self, union_size: int) -> list[torch.Tensor]:
+        """Index minibatches for one unroll, over the whole union (earlier stages included)."""
+        batches: list[torch.Tensor] = []
+        order = torch.empty(0, dtype=torch.long)
+        while len(batches) < self.config.syn_steps:
+            if len(order) == 0:
+                order = torch.randperm(union_size, generator=self.generator)
+            batches.append(order[: self.batch_syn])
+            order = order[self.batch_syn :]
+        return batches
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.syn_lr.clamp_(min=self.config.lr_min)
+
+    def stage_lr(self) -> float:
+        return float(self.syn_lr.detach())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"syn_lr": self.syn_lr.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.syn_lr.copy_(state["syn_lr"])
+
+    def log_values(self) -> dict[str, float]:
+        return {"lr": self.stage_lr()}

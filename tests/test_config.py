@@ -1,0 +1,79 @@
+"""Configs: YAML + key=value overrides, and bad keys or values failing before any work, by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pdd_hub.config import PDDConfig, load_config, parse_recipe_args
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+    config = load_config(path)
+    assert isinstance(config, PDDConfig)
+    assert config.mtt.max_start_epoch + config.mtt.expert_epochs <= config.experts.epochs
+
+
+def test_paper_settings_are_what_the_paper_used():
+    c10 = load_config(Path(CONFIGS[0]).parent / "cifar10_ipc10.yaml")
+    assert (
+        c10.num_stages,
+        c10.ipc_per_stage,
+        c10.mtt.syn_steps,
+        c10.mtt.expert_epochs,
+        c10.mtt.max_start_epoch,
+    ) == (5, 2, 50, 2, 5)
+    assert (c10.mtt.lr_img, c10.mtt.lr_lr, c10.mtt.lr_init, c10.zca) == (1000, 1e-7, 0.01, True)
+    c50 = load_config(Path(CONFIGS[0]).parent / "cifar10_ipc50.yaml")
+    assert (c50.ipc_per_stage, c50.mtt.syn_steps, c50.mtt.max_start_epoch, c50.mtt.lr_lr) == (
+        10,
+        30,
+        15,
+        1e-5,
+    )
+
+
+def test_overrides_coerce_types_and_reach_sections():
+    config = parse_recipe_args(
+        [
+            "num_stages=3",
+            "mtt.syn_steps=20",
+            "zca=true",
+            "mtt.batch_syn=none",
+            "mtt.lr_lr=1e-6",
+            "dataset=../shared/datasets/cifar10",
+        ]
+    )
+    assert (config.num_stages, config.mtt.syn_steps, config.zca, config.mtt.batch_syn) == (3, 20, True, None)
+    assert config.mtt.lr_lr == 1e-6 and config.dataset == "../shared/datasets/cifar10"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("num_stage=3", "unknown config key 'num_stage'; did you mean 'num_stages'"),
+        ("mtt.synsteps=3", "unknown config key 'mtt.synsteps'; did you mean 'mtt.syn_steps'"),
+        ("num_stages=0", "'num_stages' must be positive"),
+        ("ipc_per_stage=two", "'ipc_per_stage' must be an integer"),
+        ("zca=maybe", "'zca' must be true or false"),
+        ("init=zeros", "'init' must be one of ['real', 'noise']"),
+        ("model=convnet_d9", "config key 'model': timm does not know a model named 'convnet_d9'"),
+        ("mtt.max_start_epoch=60", "exceed 'experts.epochs' = 50"),
+        ("augment=dsa:blur", "config key 'augment'"),
+        ("mtt=3", "section 'mtt' must be a mapping"),
+        ("noequals", "is not of the form key=value"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ValueError, match=None) as info:
+        parse_recipe_args([override])
+    assert message in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        parse_recipe_args(["--config", str(tmp_path / "nope.yaml")])

@@ -1,0 +1,209 @@
+"""MTT pieces in isolation: expert trajectories, the functional unroll, the learned LR, batches."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+from pdd_hub.augment import DSA
+from pdd_hub.config import ExpertConfig, MTTConfig
+from pdd_hub.methods.experts import ExpertSet, train_experts, train_one_expert
+from pdd_hub.methods.mtt import MTT
+from pdd_hub.methods.params import build_network, flat_params, load_flat_params, unflatten
+
+
+def toy_data(n: int = 60, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    means = torch.randn(classes, 1, 8, 8, generator=g)
+    return means[labels] + 0.5 * torch.randn(n, 1, 8, 8, generator=g), labels
+
+
+def test_flat_params_is_a_copy_not_a_view_of_the_live_weights():
+    model = build_network("convnet_d1", 3, (1, 8, 8), seed=0)
+    before = flat_params(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert not torch.equal(before, flat_params(model))
+    load_flat_params(model, before)
+    assert torch.equal(before, flat_params(model))
+
+
+def test_expert_epochs_differ_and_start_from_the_given_state(tmp_path):
+    x, y = toy_data()
+    start = flat_params(build_network("convnet_d1", 3, (1, 8, 8), seed=5)).unsqueeze(0)
+    experts = train_experts(
+        tmp_path / "experts",
+        model_name="convnet_d1",
+        num_classes=3,
+        image_shape=(1, 8, 8),
+        train_x=x,
+        train_y=y,
+        pool=None,
+        start_states=start,
+        epochs=4,
+        config=ExpertConfig(batch_size=16, lr=0.05),
+        augment=DSA(),
+        seed=0,
+        accelerator=Accelerator(cpu=True),
+        track_forgetting=True,
+        progress=False,
+    )
+    traj = experts.trajectory(0)
+    assert traj.shape == (5, start.shape[1])
+    assert torch.equal(traj[0], start[0])
+    for a in range(5):
+        for b in range(a + 1, 5):
+            assert not torch.equal(traj[a], traj[b]), f"epochs {a} and {b} are identical"
+    assert torch.equal(experts.trajectory(0, upto=2), traj[:3])
+    manifest = ExpertSet.load(tmp_path / "experts").manifest
+    assert manifest["num_experts"] == 1 and manifest["epochs"] == 4
+    scores = experts.forgetting_scores()
+    assert scores.shape == (60,) and scores.dtype == torch.long and (scores >= 0).all()
+
+
+def test_interrupted_expert_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
+    x, y = toy_data()
+    model_init = build_network("convnet_d1", 3, (1, 8, 8), seed=1)
+    cfg = ExpertConfig(batch_size=16, lr=0.05, momentum=0.9)  # momentum: optimiser state must resume too
+
+    def run(final: str, interrupt_after: int | None = None):
+        model = build_network("convnet_d1", 3, (1, 8, 8))
+        load_flat_params(model, flat_params(model_init))
+        calls = {"n": 0}
+        if interrupt_after is not None:
+            import pdd_hub.methods.experts as experts_mod
+
+            real_save = experts_mod.save_tensors
+
+            def flaky_save(tensors, path, metadata=None):
+                real_save(tensors, path, metadata)
+                if path.name == "state.safetensors":
+                    calls["n"] += 1
+                    if calls["n"] == interrupt_after:
+                        raise KeyboardInterrupt
+
+            monkeypatch.setattr(experts_mod, "save_tensors", flaky_save)
+        train_one_expert(
+            model,
+            x,
+            y,
+            torch.arange(len(x)),
+            5,
+            cfg,
+            DSA(),
+            torch.Generator().manual_seed(3),
+            partial_dir=tmp_path / f"{final}.partial",
+            final_path=tmp_path / f"{final}.safetensors",
+            track_forgetting=True,
+        )
+
+    run("straight")
+    with contextlib.suppress(KeyboardInterrupt):
+        run("killed", interrupt_after=2)
+    monkeypatch.undo()
+    assert not (tmp_path / "killed.safetensors").exists() and (tmp_path / "killed.partial").exists()
+    run("killed")  # resume
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "straight.safetensors")), load_file(str(tmp_path / "killed.safetensors"))
+    assert torch.equal(a["trajectory"], b["trajectory"])
+    assert torch.equal(a["forgetting_events"], b["forgetting_events"])
+    assert not (tmp_path / "killed.partial").exists()
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def tiny_mtt(syn_steps: int = 3, batch_syn: int = 2) -> MTT:
+    mtt = MTT(
+        MTTConfig(syn_steps=syn_steps, batch_syn=batch_syn, expert_epochs=1, max_start_epoch=1),
+        ExpertConfig(),
+        num_classes=3,
+        image_shape=(1, 2, 2),
+    )
+    mtt.network = TinyNet()
+    mtt.augment = None
+    mtt.batch_syn = batch_syn
+    mtt.syn_lr = torch.tensor(0.3, requires_grad=True)
+    return mtt
+
+
+def test_functional_unroll_matches_an_explicit_autograd_reference():
+    torch.manual_seed(0)
+    mtt = tiny_mtt()
+    images = torch.randn(6, 1, 2, 2, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    start = torch.randn(4 * 3 + 3)
+    target = torch.randn(4 * 3 + 3)
+
+    mtt.generator = torch.Generator().manual_seed(7)
+    student = mtt.unroll(images, labels, start)
+    loss = (student - target).pow(2).sum() / (start - target).pow(2).sum()
+    grad_images, grad_lr = torch.autograd.grad(loss, [images, mtt.syn_lr])
+
+    # reference: the same unroll written out with explicit weight and bias tensors
+    mtt.generator = torch.Generator().manual_seed(7)
+    batches = mtt.student_batches(6)
+    w = start[:12].view(3, 4).clone().requires_grad_(True)
+    b = start[12:].clone().requires_grad_(True)
+    ww, bb = w, b
+    for idx in batches:
+        logits = images[idx].flatten(1) @ ww.T + bb
+        gw, gb = torch.autograd.grad(F.cross_entropy(logits, labels[idx]), [ww, bb], create_graph=True)
+        ww, bb = ww - mtt.syn_lr * gw, bb - mtt.syn_lr * gb
+    ref_student = torch.cat([ww.flatten(), bb])
+    ref_loss = (ref_student - target).pow(2).sum() / (start - target).pow(2).sum()
+    ref_images, ref_lr = torch.autograd.grad(ref_loss, [images, mtt.syn_lr])
+
+    torch.testing.assert_close(student, ref_student)
+    torch.testing.assert_close(grad_images, ref_images)
+    torch.testing.assert_close(grad_lr, ref_lr)
+    assert grad_images.abs().sum() > 0
+
+
+def test_student_batches_cover_the_whole_union():
+    mtt = tiny_mtt(syn_steps=10, batch_syn=4)
+    mtt.generator = torch.Generator().manual_seed(0)
+    batches = mtt.student_batches(12)  # e.g. 8 frozen images from earlier stages + 4 new ones
+    seen = torch.cat(batches[:3])
+    assert sorted(seen.tolist()) == list(range(12))  # one permutation of the union per 3 steps
+    assert all(len(b) == 4 for b in batches) and len(batches) == 10
+
+
+def test_unroll_uses_earlier_stage_images():
+    mtt = tiny_mtt(syn_steps=6, batch_syn=2)
+    mtt.generator = torch.Generator().manual_seed(1)
+    frozen = torch.randn(3, 1, 2, 2, requires_grad=True)  # a leaf only so the test can see its gradient
+    new = torch.randn(3, 1, 2, 2, requires_grad=True)
+    student = mtt.unroll(torch.cat([frozen, new]), torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(15))
+    student.sum().backward()
+    assert frozen.grad.abs().sum() > 0 and new.grad.abs().sum() > 0
+
+
+def test_learned_lr_is_kept_positive():
+    mtt = tiny_mtt()
+    mtt.config.lr_min = 1e-6
+    with torch.no_grad():
+        mtt.syn_lr.fill_(-0.5)
+    mtt.after_step()
+    assert mtt.stage_lr() == torch.tensor(1e-6).item()
+    assert mtt.param_groups()[0]["params"][0] is mtt.syn_lr
+
+
+def test_unflatten_views_the_flat_vector():
+    model = TinyNet()
+    flat = torch.arange(15, dtype=torch.float32)
+    params = unflatten(model, flat)
+    assert params["fc.weight"].shape == (3, 4) and params["fc.bias"].tolist() == [12.0, 13.0, 14.0]

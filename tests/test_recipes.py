@@ -1,0 +1,112 @@
+"""The recipes as users run them: accelerate launch, one and two CPU processes, early config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pdd_hub.hub import load_pdd
+from tests.test_pdd import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def overrides(config: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out += overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={value}")
+    return out
+
+
+def launch(script: str, args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "recipes" / script),
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+
+
+def test_bad_config_key_fails_before_any_work(tmp_path):
+    out = tmp_path / "never"
+    result = launch(
+        "pdd_mtt.py",
+        ["--config", str(REPO / "recipes/configs/quickstart.yaml"), f"output_dir={out}", "mtt.synsteps=3"],
+    )
+    assert result.returncode != 0
+    assert "unknown config key 'mtt.synsteps'; did you mean 'mtt.syn_steps'" in result.stderr
+    # accelerate's launcher reports the failed child with its own traceback; ours must not appear
+    assert "pdd_hub/" not in result.stderr and 'recipes/pdd_mtt.py", line' not in result.stderr
+    assert not out.exists()
+
+
+def test_two_processes_produce_the_same_export_format(tmp_path):
+    args = overrides({**TINY, "output_dir": str(tmp_path / "two")})
+    result = launch("pdd_mtt.py", args, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = load_pdd(tmp_path / "two" / "dataset")
+    schedule = json.loads((tmp_path / "two" / "dataset" / "pdd_schedule.json").read_text())
+    assert two.schedule.split_names == ["stage_1", "stage_2"]
+    assert [tuple(s.images.shape) for s in two.stages] == [(10, 1, 8, 8), (10, 1, 8, 8)]
+    assert set(schedule) == {
+        "format_version",
+        "method",
+        "distill_model",
+        "source",
+        "num_classes",
+        "class_names",
+        "image_shape",
+        "preprocess",
+        "training",
+        "stages",
+        "config",
+    }
+    assert all(s.lr > 0 for s in two.schedule.stages)
+    # both processes trained experts: the manifest lists all of them
+    manifest = json.loads((tmp_path / "two" / "experts" / "stage_1" / "manifest.json").read_text())
+    assert manifest["num_experts"] == 2 and len(manifest["files"]) == 2
+    assert result.stdout.count("export:") == 1  # only the main process reports
+
+
+def test_experts_recipe_then_distillation_reuses_them(tmp_path):
+    args = overrides({**TINY, "num_stages": 1, "output_dir": str(tmp_path / "run")})
+    first = launch("experts.py", args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    expert = tmp_path / "run" / "experts" / "stage_1" / "expert_000.safetensors"
+    mtime = expert.stat().st_mtime_ns
+    second = launch("pdd_mtt.py", args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert expert.stat().st_mtime_ns == mtime
+    assert load_pdd(tmp_path / "run" / "dataset").num_stages == 1
+
+
+@pytest.mark.parametrize("config", ["quickstart.yaml", "cifar10_cpu.yaml", "cifar10_ipc10.yaml"])
+def test_recipe_help_lists_keys(config):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "pdd_mtt.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+    )
+    assert "mtt.syn_steps" in result.stdout + result.stderr
