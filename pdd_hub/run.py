@@ -63,16 +63,11 @@ class Run:
             test_split=config.test_split,
             image_size=config.image_size,
         )
+        self.preprocess = self._fit_or_load_preprocess()  # on the whole training split, as MTT does
         if config.train_per_class is not None:
-            keep = (
-                self.real.train.sample_per_class(
-                    config.train_per_class, torch.Generator().manual_seed(config.seed)
-                )
-                .sort()
-                .values
-            )
+            generator = torch.Generator().manual_seed(config.seed)
+            keep = self.real.train.sample_per_class(config.train_per_class, generator).sort().values
             self.real.train = self.real.train.subset(keep)
-        self.preprocess = self._fit_or_load_preprocess()
         self.train = self._on_device(self.real.train)
         self.val = self._on_device(self.real.val)
         self.augment = build_augment(config.augment)

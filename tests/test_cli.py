@@ -148,7 +148,7 @@ def test_show(digits_export):
         (["eval", "{export}", "--real", "sklearn:digits"], "at least one --model"),
         (
             ["select", "--real", "sklearn:digits", "--ipc", "100", "--output", "{tmp}/x"],
-            "need 500 images of class",
+            "cannot take 500 images per class",
         ),
     ],
 )

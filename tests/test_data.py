@@ -152,7 +152,7 @@ def test_labels_outside_the_class_range_name_the_row(tmp_path):
 
 
 def test_ipc_larger_than_a_class(digits):
-    with pytest.raises(DatasetFormatError, match="need 1000 images of class 0"):
+    with pytest.raises(DatasetFormatError, match="cannot take 1000 images per class: class 0"):
         random_stage_indices(digits.train, num_stages=5, ipc=200, seed=0)
     with pytest.raises(DatasetFormatError, match="cannot take 500 images per class"):
         digits.train.sample_per_class(500, torch.Generator())

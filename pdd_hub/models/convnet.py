@@ -11,10 +11,10 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from pdd_hub.models.layers import make_norm
+from pdd_hub.models.layers import ClassifierHead, make_norm, without_pretrained_kwargs
 
 
-class ConvNet(nn.Module):
+class ConvNet(ClassifierHead):
     """DC/MTT ConvNet. ``norm`` is ``instancenorm`` (the literature's default: GroupNorm with one
     group per channel, affine), ``batchnorm``, ``layernorm`` or ``none``."""
 
@@ -32,9 +32,6 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         height, wid = (img_size, img_size) if isinstance(img_size, int) else img_size
-        self.num_classes = num_classes
-        self.num_features = width
-        self.drop_rate = drop_rate
         layers: list[nn.Module] = []
         channels = in_chans
         for d in range(depth):
@@ -58,33 +55,15 @@ class ConvNet(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.feature_shape = (width, height, wid)
-        self.head_in = width * height * wid
-        self.classifier = nn.Linear(self.head_in, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_features = width * height * wid  # what forward_head(pre_logits=True) returns
+        self.init_head(self.num_features, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(1)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.head_in, num_classes) if num_classes > 0 else nn.Identity()
-
 
 def _convnet(default_depth: int, **kwargs) -> ConvNet:
-    kwargs.pop("pretrained", None)
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
+    kwargs = without_pretrained_kwargs(kwargs)
     kwargs.setdefault("depth", default_depth)
     return ConvNet(**kwargs)
 

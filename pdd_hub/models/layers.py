@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
@@ -26,3 +27,46 @@ def make_norm(norm: str, channels: int, spatial: tuple[int, int] | None = None) 
     if norm == "none":
         return nn.Identity()
     raise ValueError(f"unknown norm {norm!r}; use one of {list(NORMS)}")
+
+
+class ClassifierHead(nn.Module):
+    """The timm-style head both model families share: pool, dropout, linear classifier, with
+    ``forward_features``/``forward_head``/``get_classifier``/``reset_classifier``."""
+
+    num_classes: int
+    head_in: int
+    drop_rate: float
+
+    def init_head(self, head_in: int, num_classes: int, drop_rate: float) -> None:
+        self.head_in = head_in
+        self.drop_rate = drop_rate
+        self.reset_classifier(num_classes)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.head_in, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def without_pretrained_kwargs(kwargs: dict) -> dict:
+    """timm passes ``pretrained*`` arguments to every entrypoint; these networks have no weights."""
+    return {
+        k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay")
+    }

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
-from pdd_hub.models.layers import make_norm
+from pdd_hub.models.layers import ClassifierHead, make_norm, without_pretrained_kwargs
 
 
 class BasicBlock(nn.Module):
@@ -35,7 +35,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetCifar(nn.Module):
+class ResNetCifar(ClassifierHead):
     """ResNet with a CIFAR stem; ``layers`` blocks per stage, widths 64-128-256-512."""
 
     def __init__(
@@ -48,8 +48,6 @@ class ResNetCifar(nn.Module):
         **_: object,  # img_size and timm's pretrained_* kwargs: the network adapts to any size
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
         self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = make_norm(norm, 64)
         stages, in_planes = [], 64
@@ -60,31 +58,17 @@ class ResNetCifar(nn.Module):
                 in_planes = planes
         self.layers = nn.Sequential(*stages)
         self.num_features = in_planes
-        self.classifier = nn.Linear(in_planes, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_head(in_planes, num_classes, drop_rate)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(F.relu(self.bn1(self.conv1(x))))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        if self.drop_rate:
-            x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
 def _resnet(layers: tuple[int, int, int, int], default_norm: str, **kwargs) -> ResNetCifar:
-    for key in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay"):
-        kwargs.pop(key, None)
+    kwargs = without_pretrained_kwargs(kwargs)
     kwargs.setdefault("norm", default_norm)
     return ResNetCifar(layers=layers, **kwargs)
 
