@@ -6,6 +6,7 @@ timm, so ``timm.create_model("convnet_d3")`` works afterwards.
 
 from pdd_hub import models  # registers the models in timm
 from pdd_hub.augment import DSA, DSAParams
+from pdd_hub.config import PDDConfig, load_config
 from pdd_hub.data import ImageSet, Preprocess, RealData, load_real_data, load_split
 from pdd_hub.evaluate import EvalReport, evaluate_export
 from pdd_hub.hub import (
@@ -16,6 +17,7 @@ from pdd_hub.hub import (
     load_pdd,
     push_to_hub,
 )
+from pdd_hub.progressive import run_pdd
 from pdd_hub.train import plan_stages, train_stages
 
 __version__ = "0.1.0"
@@ -25,6 +27,7 @@ __all__ = [
     "DSAParams",
     "EvalReport",
     "ImageSet",
+    "PDDConfig",
     "PDDDataset",
     "Preprocess",
     "RealData",
@@ -32,11 +35,13 @@ __all__ = [
     "StageSpec",
     "evaluate_export",
     "export_pdd",
+    "load_config",
     "load_pdd",
     "load_real_data",
     "load_split",
     "models",
     "plan_stages",
     "push_to_hub",
+    "run_pdd",
     "train_stages",
 ]

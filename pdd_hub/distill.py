@@ -117,7 +117,7 @@ def distill_stage(
     )
     tick = time.perf_counter()
     for it in range(start, config.iterations + 1):
-        if it > start and it % config.checkpoint_every == 0:
+        if start < it < config.iterations and it % config.checkpoint_every == 0:
             save(it)
         if it % config.eval.every == 0 or it == config.iterations:
             eval_images = torch.cat([frozen_images, new.detach()])

@@ -97,7 +97,7 @@ def train_stage1_experts(config: PDDConfig, accelerator: Accelerator | None = No
 def initial_start_states(run: Run) -> torch.Tensor:
     """Stage 1 starts from seeded random initialisations of the distillation network."""
     path = run.start_states_file(1)
-    if path.exists():
+    if run.exists_on_all(path):
         return load_file(str(path))["states"]
     count = run.config.experts.num_experts
     states = torch.stack(
@@ -225,7 +225,7 @@ def transition(
     """Train each start state on stages 1..k (their union, with stage k's learned LR) so that stage
     k+1 starts where training on the distilled data so far ends. Resumable per network."""
     path = run.start_states_file(next_stage)
-    if path.exists():
+    if run.exists_on_all(path):
         return load_file(str(path))["states"]
     cfg = run.config
     images, labels = union_of(finished)

@@ -111,7 +111,7 @@ class Run:
 
     def _fit_or_load_preprocess(self) -> Preprocess:
         json_path, tensor_path = self.dir / "preprocess.json", self.dir / "preprocess.safetensors"
-        if json_path.exists():
+        if self.exists_on_all(json_path):
             tensors = load_file(str(tensor_path)) if tensor_path.exists() else {}
             return Preprocess.from_config(load_json(json_path), tensors)
         cfg = self.config
@@ -127,6 +127,13 @@ class Run:
             save_json(pre.to_config(), json_path)
         self.accelerator.wait_for_everyone()
         return self._fit_or_load_preprocess()
+
+    def exists_on_all(self, path: Path) -> bool:
+        """``path.exists()``, seen the same by every process: all look before any may go on (and
+        write it), so no process can take the other branch and miss a barrier."""
+        exists = path.exists()
+        self.accelerator.wait_for_everyone()
+        return exists
 
     def _on_device(self, data: ImageSet) -> ImageSet:
         images = self.preprocess.apply_all(data.images.to(self.device))
@@ -161,7 +168,8 @@ class Run:
         )
 
     def export(self, finished: list[FinishedStage]) -> Path:
-        """Write ``dataset/`` (atomically) with the finished stages, in the Hub format."""
+        """Write ``dataset/`` (atomically) with the finished stages, in the Hub format, unless it
+        already holds them all (a resumed run re-exports only what is missing)."""
         cfg = self.config
         specs = [
             StageSpec(
@@ -184,7 +192,7 @@ class Run:
             training={"augment": augment_spec(self.augment), "mode": "progressive"},
             config=cfg.to_dict(),
         )
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and self.exported_stages() < len(finished):
             export_pdd(self.dataset_dir, schedule, [(f.images, f.labels) for f in finished], self.preprocess)
             plot_accuracy_per_stage(
                 {f"{cfg.model} (val)": [(f.val_acc, 0.0) for f in finished]},
@@ -193,6 +201,11 @@ class Run:
             )
         self.accelerator.wait_for_everyone()
         return self.dataset_dir
+
+    def exported_stages(self) -> int:
+        """How many stages ``dataset/`` holds now (0 if there is no export yet)."""
+        schedule = self.dataset_dir / "pdd_schedule.json"
+        return len(load_json(schedule)["stages"]) if schedule.exists() else 0
 
     # --- start states (the transition's output) -------------------------------------------------
     def start_states_file(self, stage: int) -> Path:

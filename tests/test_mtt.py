@@ -127,16 +127,11 @@ class TinyNet(nn.Module):
 
 
 def tiny_mtt(syn_steps: int = 3, batch_syn: int = 2) -> MTT:
-    mtt = MTT(
-        MTTConfig(syn_steps=syn_steps, batch_syn=batch_syn, expert_epochs=1, max_start_epoch=1),
-        ExpertConfig(),
-        num_classes=3,
-        image_shape=(1, 2, 2),
+    config = MTTConfig(
+        syn_steps=syn_steps, batch_syn=batch_syn, expert_epochs=1, max_start_epoch=1, lr_init=0.3
     )
-    mtt.network = TinyNet()
-    mtt.augment = None
-    mtt.batch_syn = batch_syn
-    mtt.syn_lr = torch.tensor(0.3, requires_grad=True)
+    mtt = MTT(config, ExpertConfig(), num_classes=3, image_shape=(1, 2, 2))
+    mtt.match([torch.randn(2, 15)], TinyNet(), augment=None, generator=torch.Generator(), batch_syn=batch_syn)
     return mtt
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from pdd_hub.augment import DSA
 from pdd_hub.config import ExpertConfig, MTTConfig
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, train_experts
@@ -75,14 +76,32 @@ class MTT(Distiller):
             progress=ctx.progress,
         )
         reach = cfg.max_start_epoch + cfg.expert_epochs
-        self.trajectories = [self.experts.trajectory(i, upto=reach) for i in range(len(self.experts))]
-        self.network = build_network(ctx.model_name, self.num_classes, self.image_shape).to(device)
-        self.network.train()
-        self.augment = ctx.augment
-        self.generator = ctx.generator
-        self.batch_syn = cfg.batch_syn or self.num_classes * ctx.ipc
-        self.syn_lr = torch.tensor(cfg.lr_init, device=device, requires_grad=True)
-        self._last: dict[str, float] = {}
+        self.match(
+            [self.experts.trajectory(i, upto=reach) for i in range(len(self.experts))],
+            build_network(ctx.model_name, self.num_classes, self.image_shape).to(device),
+            augment=ctx.augment,
+            generator=ctx.generator,
+            batch_syn=cfg.batch_syn or self.num_classes * ctx.ipc,
+        )
+
+    def match(
+        self,
+        trajectories: list[torch.Tensor],
+        network: torch.nn.Module,
+        *,
+        augment: DSA | None,
+        generator: torch.Generator,
+        batch_syn: int,
+    ) -> None:
+        """Match these trajectories (``[epochs, P]`` each) with ``network``'s architecture; resets
+        the learned LR to ``lr_init``. (``begin_stage`` calls this with the stage's experts.)"""
+        self.trajectories = trajectories
+        self.network = network.train()
+        self.augment = augment
+        self.generator = generator
+        self.batch_syn = batch_syn
+        device = next(network.parameters()).device
+        self.syn_lr = torch.tensor(self.config.lr_init, device=device, requires_grad=True)
 
     def image_optimizer(self) -> dict[str, float]:
         return {"lr": self.config.lr_img, "momentum": self.config.momentum}
@@ -102,7 +121,6 @@ class MTT(Distiller):
         student = self.unroll(images, labels, start_params)
         matched = (student - target_params).pow(2).sum()
         travelled = (start_params - target_params).pow(2).sum()
-        self._last = {"expert": expert, "start_epoch": start}
         return matched / travelled
 
     def unroll(self, images: torch.Tensor, labels: torch.Tensor, start_params: torch.Tensor) -> torch.Tensor:
