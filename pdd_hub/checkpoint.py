@@ -1,10 +1,11 @@
 """Mid-stage checkpoints that make a killed run resume exactly where it stopped.
 
 ``accelerate``'s ``save_state``/``load_state`` keeps the global RNG streams of every process (loaded
-with ``weights_only=True``); everything else — the images, the optimiser's momentum and LRs, the
-method's learned tensors, the explicit generators, the best-so-far selection — goes into
-safetensors and JSON beside it. A checkpoint is written to a temporary folder and renamed into
-place, so a crash while saving leaves the previous checkpoint usable.
+with ``weights_only=True``; the loop itself draws only from explicit generators, so this is a
+safety net for code that uses the global RNG); everything else — the images, the optimiser's
+momentum and LRs, the method's learned tensors, each process's generator, the best-so-far
+selection — goes into safetensors and JSON beside it. A checkpoint is written to a temporary
+folder and renamed into place, so a crash while saving leaves the previous checkpoint usable.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+from pdd_hub.errors import ConfigError
 from pdd_hub.io import load_json, save_json, save_tensors
 
 
@@ -53,13 +55,12 @@ class StageCheckpoint:
                 {**tensors, **{f"optimizer.{k}": v for k, v in optim_tensors.items()}},
                 tmp / "state.safetensors",
             )
-            save_json(
-                {"stage": stage, "iteration": iteration, "optimizer": optim_meta, **meta},
-                tmp / "progress.json",
-            )
+            progress = {"stage": stage, "iteration": iteration, "num_processes": acc.num_processes}
+            save_json({**progress, "optimizer": optim_meta, **meta}, tmp / "progress.json")
         acc.wait_for_everyone()
         if acc.is_main_process:
             old = self.root / ".outgoing"
+            shutil.rmtree(old, ignore_errors=True)  # a leftover of a run killed while cleaning up
             if self.path.exists():
                 os.rename(self.path, old)
             os.rename(tmp, self.path)
@@ -78,6 +79,12 @@ class StageCheckpoint:
         progress = load_json(progress_file)
         if progress["stage"] != stage:
             return None
+        if progress["num_processes"] != self.accelerator.num_processes:
+            # N processes average N trajectories per step: another N would not continue the same run
+            raise ConfigError(
+                f"the checkpoint in {self.path} was written by {progress['num_processes']} process(es); "
+                f"resume it with the same number (this launch has {self.accelerator.num_processes})"
+            )
         self.accelerator.load_state(str(self.path))
         generator.set_state(
             load_file(str(self.path / f"generator_{self.accelerator.process_index}.safetensors"))["state"]
@@ -96,8 +103,11 @@ class StageCheckpoint:
     def _recover(self) -> None:
         # killed between the two renames of save(): the previous checkpoint is in .outgoing
         old = self.root / ".outgoing"
-        if not self.path.exists() and old.exists() and self.accelerator.is_main_process:
-            os.rename(old, self.path)
+        if self.accelerator.is_main_process and old.exists():
+            if self.path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(old, self.path)
         self.accelerator.wait_for_everyone()
 
 

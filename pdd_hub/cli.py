@@ -30,12 +30,21 @@ def _eval(args: argparse.Namespace) -> int:
     models = args.model or []
     if not models:
         raise PDDError("give at least one --model (any timm model name, e.g. convnet_d3 or resnet18_cifar)")
+    if args.seeds < 1:
+        raise PDDError(f"--seeds must be at least 1, got {args.seeds}")
     for name in models:
         check_model_name(name)  # fail before loading anything
     accelerator = Accelerator(cpu=args.cpu)
     pdd = load_pdd(args.synthetic, revision=args.revision)
+    # by default, the real data is read the way it was read for distillation
+    test_split = args.test_split or pdd.schedule.source.get("test_split") or "test"
+    image_size = args.image_size or pdd.schedule.config.get("image_size")
     test = load_split(
-        args.real, args.test_split, image_column=args.image_column, label_column=args.label_column
+        args.real,
+        test_split,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        image_size=image_size,
     )
     seeds = list(range(args.seed, args.seed + args.seeds))
     report = evaluate_export(
@@ -127,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=["progressive", "union", "sequential"], default="progressive")
     ev.add_argument("--output", default="results.json", help="JSON output path (the plot goes beside it)")
     ev.add_argument("--plot", default=None, help="PNG plot path (default: OUTPUT with .png)")
-    ev.add_argument("--test-split", default="test")
+    ev.add_argument("--test-split", default=None, help="default: the export's test split, else 'test'")
+    ev.add_argument("--image-size", type=int, default=None, help="resize real images (default: as distilled)")
     ev.add_argument("--image-column", default=None)
     ev.add_argument("--label-column", default=None)
     ev.add_argument("--revision", default=None, help="Hub revision of the export")

@@ -151,11 +151,12 @@ _POSITIVE = {
     "eval.batch_size",
     "forgetting.band_width",
     "zca_eps",
+    "val_per_class",
     "mtt.batch_syn",
     "image_size",
     "train_per_class",
 }
-_NON_NEGATIVE = {"val_per_class", "experts.momentum", "experts.weight_decay", "mtt.momentum"}
+_NON_NEGATIVE = {"experts.momentum", "experts.weight_decay", "mtt.momentum"}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PDDConfig:
@@ -330,4 +331,8 @@ def validate(config: PDDConfig) -> None:
 
 
 def save_config(config: PDDConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the config as YAML, atomically (a half-written config would block the resumption)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)

@@ -4,12 +4,14 @@ Only the new images (and the method's extra tensors, e.g. MTT's LR) are in the o
 stages enter the union detached, so their gradient is exactly zero (conditioning). The loop
 evaluates on the validation split every ``eval.every`` iterations and keeps the best images,
 checkpoints every ``checkpoint_every`` iterations, and survives non-finite values by restoring the
-last good state with a lower image LR (three such events in a row end the run with a clear error).
+last good state with a lower image LR for the rest of the stage (the failed iteration counts as
+spent; three such events in a row end the run with a clear error).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +64,7 @@ def distill_stage(
     conditioned = config.conditioning and len(frozen_images) > 0
     union_labels = torch.cat([frozen_labels, new_labels]) if conditioned else new_labels
     optimizer = torch.optim.SGD([{"params": [new], **distiller.image_optimizer()}, *distiller.param_groups()])
-    best = StageResult(new.detach().clone(), new_labels.clone(), distiller.stage_lr(), -1.0, -1)
+    best = StageResult(new.detach().clone(), new_labels.clone(), distiller.stage_lr(), -math.inf, -1)
     start, bad_events = 0, 0
 
     resumed = checkpoint.load(ctx.stage, optimizer, ctx.generator)
@@ -125,7 +127,7 @@ def distill_stage(
             val_acc = evaluate(eval_images, eval_labels, distiller.stage_lr(), it)
             best.history.append({"iteration": it, "val_acc": val_acc, "lr": distiller.stage_lr()})
             log_metrics({f"stage_{ctx.stage}/val_acc": val_acc}, it)
-            if val_acc > best.val_acc:
+            if val_acc >= best.val_acc:  # on ties, prefer the more distilled images
                 best = StageResult(
                     new.detach().clone(), new_labels.clone(), distiller.stage_lr(), val_acc, it, best.history
                 )
@@ -145,15 +147,14 @@ def distill_stage(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_gradients(optimizer, acc)
-        healthy = bool(torch.isfinite(loss)) and _finite_gradients(optimizer)
+        healthy = _everywhere(bool(torch.isfinite(loss)) and _finite_gradients(optimizer), acc)
         if healthy:
             optimizer.step()
             distiller.after_step()
             lr = distiller.stage_lr()
-            healthy = bool(torch.isfinite(new).all()) and (
-                lr is None or bool(torch.isfinite(torch.tensor(lr)))
-            )
-        if not healthy:
+            finite_lr = lr is None or bool(torch.isfinite(torch.tensor(lr)))
+            healthy = _everywhere(bool(torch.isfinite(new).all()) and finite_lr, acc)
+        if not healthy:  # the iteration is spent; the next one draws new trajectories and batches
             bad_events += 1
             _restore(good, new, optimizer, distiller)
             optimizer.param_groups[0]["lr"] *= 0.5
@@ -193,7 +194,6 @@ def distill_stage(
                 per_it,
             )
     bar.close()
-    best.labels = new_labels.clone()
     return best
 
 
@@ -229,6 +229,14 @@ def _average_gradients(optimizer: torch.optim.Optimizer, accelerator) -> None:
         for p in group["params"]:
             if p.grad is not None:
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
+
+
+def _everywhere(flag: bool, accelerator) -> bool:
+    """``flag`` and'ed over all processes, so that every process takes the same branch."""
+    if accelerator.num_processes == 1:
+        return flag
+    votes = accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum")
+    return bool(votes.item() == accelerator.num_processes)
 
 
 def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:

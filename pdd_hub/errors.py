@@ -32,7 +32,7 @@ class ConfigError(PDDError, ValueError):
 
 
 class ModelNotFoundError(PDDError, ValueError):
-    """timm does not know the requested model name."""
+    """timm does not know the requested model name, or the model cannot take the images."""
 
 
 class DistillationDivergedError(PDDError, RuntimeError):

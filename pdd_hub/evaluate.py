@@ -21,7 +21,7 @@ from pdd_hub.augment import build_augment
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.hub import PDDDataset
-from pdd_hub.models import check_model_name, create_model
+from pdd_hub.models import check_model_builds, create_model
 from pdd_hub.train import evaluate_accuracy, plan_stages, train_stages
 
 
@@ -99,6 +99,11 @@ def check_compatible(pdd: PDDDataset, real: ImageSet, real_name: str) -> None:
             f"real dataset {real_name!r} has images of shape {tuple(real.image_shape)} but the export was "
             f"distilled at {tuple(pdd.schedule.image_shape)}"
         )
+    if list(real.class_names) != list(pdd.schedule.class_names):
+        raise DatasetFormatError(
+            f"real dataset {real_name!r} names its classes {real.class_names[:5]}..., the export "
+            f"{pdd.schedule.class_names[:5]}...: label k must mean the same class in both"
+        )
 
 
 def evaluate_export(
@@ -114,9 +119,11 @@ def evaluate_export(
     progress: bool = True,
 ) -> EvalReport:
     """Train every model with every seed on the export's schedule; test after each phase."""
-    for name in model_names:
-        check_model_name(name)
+    if not seeds:
+        raise ValueError("evaluate_export needs at least one seed")
     check_compatible(pdd, test, real_name)
+    for name in model_names:
+        check_model_builds(name, pdd.schedule.num_classes, pdd.schedule.image_shape)
     accelerator = accelerator or Accelerator()
     device = accelerator.device
     plans = plan_stages(pdd, mode, epochs_per_stage)

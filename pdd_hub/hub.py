@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class StageSpec:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: str = "step_at_half"  # lr x 0.1 after half of the stage's epochs
+    sha256: str | None = None  # of the stage's float32 images and int64 labels, set on export
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageSpec:
@@ -217,6 +218,10 @@ def export_pdd(
             ds.to_parquet(str(tmp / DATA_DIR / f"{spec.split}-00000-of-00001.parquet"))
             save_image_grid(pictures, labels, schedule.num_classes, tmp / GRID_DIR / f"{spec.split}.png")
 
+        checked = [
+            replace(spec, sha256=stage_checksum(*stage)) for spec, stage in zip(schedule.stages, stages)
+        ]
+        schedule = replace(schedule, stages=checked)
         with open(tmp / SCHEDULE_FILE, "w") as f:
             json.dump(schedule.to_dict(), f, indent=2)
         tensors = preprocess.tensors()
@@ -340,9 +345,13 @@ def resolve_export(
         if not path.is_dir():
             raise ExportNotFoundError(f"{path} is a file; a pdd-hub export is a folder")
         return path
-    recover_interrupted_export(path)
-    if path.exists():
-        return path
+    backups = list(path.parent.glob(f".{path.name}.old-*")) if path.parent.exists() else []
+    if backups:
+        # Only the writer restores a backup: a reader doing it could break an export in progress.
+        raise ExportNotFoundError(
+            f"no export folder at {path}, but {backups[0].name} beside it holds the previous export: an "
+            "export is being replaced right now, or was interrupted (the next export restores it)"
+        )
     repo_id = str(path_or_repo_id)
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
         raise ExportNotFoundError(f"no export folder at {repo_id!r} (and it is not a Hub repo id 'org/name')")
@@ -374,7 +383,23 @@ def read_schedule(folder: str | Path) -> Schedule:
         data = json.loads(schedule_path.read_text())
     except json.JSONDecodeError as exc:
         raise ExportFormatError(f"{schedule_path} is not valid JSON: {exc}") from exc
-    return Schedule.from_dict(data)
+    if not isinstance(data, dict):
+        raise ExportFormatError(f"{schedule_path} must hold a JSON object, not {type(data).__name__}")
+    try:
+        return Schedule.from_dict(data)
+    except ExportFormatError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        raise ExportFormatError(f"{schedule_path} is malformed: {exc!r}") from exc
+
+
+def stage_checksum(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of a stage's float32 images and int64 labels (what pdd_schedule.json records)."""
+    import hashlib
+
+    digest = hashlib.sha256(images.detach().float().cpu().contiguous().numpy().tobytes())
+    digest.update(labels.detach().long().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_pdd(
@@ -461,12 +486,23 @@ def _read_stage(ds, spec: StageSpec, schedule: Schedule) -> SyntheticStage:
             f"split {spec.split!r} has {len(labels)} rows, but ipc {spec.ipc} x {schedule.num_classes} "
             f"classes = {expected_rows}"
         )
+    if len(labels) and (labels.min() < 0 or labels.max() >= schedule.num_classes):
+        raise ExportFormatError(
+            f"split {spec.split!r} has labels outside 0..{schedule.num_classes - 1} "
+            f"(min {int(labels.min())}, max {int(labels.max())})"
+        )
     counts = torch.bincount(labels, minlength=schedule.num_classes)
-    if len(counts) != schedule.num_classes or (counts != spec.ipc).any():
+    if (counts != spec.ipc).any():
         raise ExportFormatError(
             f"split {spec.split!r}: expected {spec.ipc} images of each class, found counts {counts.tolist()}"
         )
-    return SyntheticStage(spec=spec, images=images.float(), labels=labels)
+    images = images.float().contiguous()
+    if spec.sha256 is not None and stage_checksum(images, labels) != spec.sha256:
+        raise ExportFormatError(
+            f"split {spec.split!r} does not match its sha256 in {SCHEDULE_FILE}: its data file was changed "
+            "or belongs to another export"
+        )
+    return SyntheticStage(spec=spec, images=images, labels=labels)
 
 
 # --- pushing ------------------------------------------------------------------------------------
@@ -500,9 +536,11 @@ def push_to_hub(
             # a re-push with fewer stages must not leave stale splits behind
             delete_patterns=[f"{DATA_DIR}/*", f"{GRID_DIR}/*"],
         )
-    except HfHubHTTPError as exc:
-        raise HubPushError(
-            f"pushing {folder} to the dataset repo {repo_id!r} failed: {exc}. Check that you are logged in "
-            "(`hf auth login` or HF_TOKEN) with write access to that namespace."
-        ) from exc
+    except Exception as exc:  # HTTP errors, refused connections, offline mode: all the user's to fix
+        hint = (
+            "log in (`hf auth login` or HF_TOKEN) with write access"
+            if isinstance(exc, HfHubHTTPError)
+            else ("check the network (HF_HUB_OFFLINE must not be set)")
+        )
+        raise HubPushError(f"pushing {folder} to the dataset repo {repo_id!r} failed: {exc}; {hint}") from exc
     return str(getattr(info, "commit_url", info))

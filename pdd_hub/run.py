@@ -26,9 +26,10 @@ from pdd_hub.augment import augment_spec, build_augment
 from pdd_hub.checkpoint import StageCheckpoint
 from pdd_hub.config import PDDConfig, config_from_dict, flatten_config, save_config
 from pdd_hub.data import ImageSet, Preprocess, RealData, load_real_data
-from pdd_hub.errors import ConfigError
-from pdd_hub.hub import Schedule, StageSpec, export_pdd, stage_split_name
+from pdd_hub.errors import ConfigError, ModelNotFoundError
+from pdd_hub.hub import Schedule, StageSpec, export_pdd, stage_checksum, stage_split_name
 from pdd_hub.io import load_json, save_json, save_tensors
+from pdd_hub.models import check_model_builds
 from pdd_hub.viz import plot_accuracy_per_stage, save_image_grid
 
 logger = logging.getLogger(__name__)
@@ -54,15 +55,17 @@ class Run:
         self.dir = Path(config.output_dir)
         self.device = accelerator.device
         self._check_or_write_config()
-        self.real: RealData = load_real_data(
-            config.dataset,
-            val_per_class=config.val_per_class,
-            seed=config.seed,
-            image_column=config.image_column,
-            label_column=config.label_column,
-            test_split=config.test_split,
-            image_size=config.image_size,
-        )
+        with accelerator.main_process_first():  # one process decodes and caches, the others read
+            self.real: RealData = load_real_data(
+                config.dataset,
+                val_per_class=config.val_per_class,
+                seed=config.seed,
+                image_column=config.image_column,
+                label_column=config.label_column,
+                test_split=config.test_split,
+                image_size=config.image_size,
+            )
+        self._check_data_fits_config()  # before the (long) preprocessing fit
         self.preprocess = self._fit_or_load_preprocess()  # on the whole training split, as MTT does
         if config.train_per_class is not None:
             generator = torch.Generator().manual_seed(config.seed)
@@ -72,6 +75,21 @@ class Run:
         self.val = self._on_device(self.real.val)
         self.augment = build_augment(config.augment)
         self.checkpoint = StageCheckpoint(self.dir / "checkpoints", accelerator)
+
+    def _check_data_fits_config(self) -> None:
+        cfg = self.config
+        try:
+            check_model_builds(cfg.model, self.num_classes, self.image_shape)
+        except ModelNotFoundError as exc:
+            raise ConfigError(f"config key 'model': {exc}") from exc
+        fewest = min(self.real.train.class_counts())
+        if cfg.train_per_class is not None:
+            fewest = min(fewest, cfg.train_per_class)
+        if cfg.init == "real" and fewest < cfg.ipc_per_stage:
+            raise ConfigError(
+                f"config key 'ipc_per_stage' = {cfg.ipc_per_stage} needs that many real training images of "
+                f"every class, but one class has only {fewest} (after val_per_class / train_per_class)"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -91,7 +109,12 @@ class Run:
         if path.exists():
             import yaml
 
-            previous = config_from_dict(yaml.safe_load(path.read_text()))
+            try:
+                previous = config_from_dict(yaml.safe_load(path.read_text()) or {})
+            except (ConfigError, yaml.YAMLError) as exc:
+                raise ConfigError(
+                    f"the run's saved config {path} is unreadable ({exc}); move it away"
+                ) from exc
             before = flatten_config(previous.to_dict())
             changed = sorted(
                 k
@@ -152,7 +175,7 @@ class Run:
         return FinishedStage(tensors["images"], tensors["labels"], meta["lr"], meta["val_acc"])
 
     def save_finished(self, stage: int, finished: FinishedStage, history: list[dict]) -> None:
-        """Keep stage ``stage``, draw its grid, and re-export the dataset with stages 1..stage."""
+        """Keep stage ``stage`` (images, labels, learned LR, validation history) and draw its grid."""
         if not self.accelerator.is_main_process:
             return
         save_json(
@@ -169,7 +192,7 @@ class Run:
 
     def export(self, finished: list[FinishedStage]) -> Path:
         """Write ``dataset/`` (atomically) with the finished stages, in the Hub format, unless it
-        already holds them all (a resumed run re-exports only what is missing)."""
+        already holds exactly them (a resumed run does not rewrite an export that is current)."""
         cfg = self.config
         specs = [
             StageSpec(
@@ -192,7 +215,7 @@ class Run:
             training={"augment": augment_spec(self.augment), "mode": "progressive"},
             config=cfg.to_dict(),
         )
-        if self.accelerator.is_main_process and self.exported_stages() < len(finished):
+        if self.accelerator.is_main_process and not self.export_is_current(finished):
             export_pdd(self.dataset_dir, schedule, [(f.images, f.labels) for f in finished], self.preprocess)
             plot_accuracy_per_stage(
                 {f"{cfg.model} (val)": [(f.val_acc, 0.0) for f in finished]},
@@ -202,10 +225,13 @@ class Run:
         self.accelerator.wait_for_everyone()
         return self.dataset_dir
 
-    def exported_stages(self) -> int:
-        """How many stages ``dataset/`` holds now (0 if there is no export yet)."""
+    def export_is_current(self, finished: list[FinishedStage]) -> bool:
+        """Whether ``dataset/`` holds exactly these stages (by the checksums in its schedule)."""
         schedule = self.dataset_dir / "pdd_schedule.json"
-        return len(load_json(schedule)["stages"]) if schedule.exists() else 0
+        if not schedule.exists():
+            return False
+        exported = [s.get("sha256") for s in load_json(schedule)["stages"]]
+        return exported == [stage_checksum(f.images, f.labels) for f in finished]
 
     # --- start states (the transition's output) -------------------------------------------------
     def start_states_file(self, stage: int) -> Path:

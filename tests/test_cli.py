@@ -147,6 +147,14 @@ def test_show(digits_export):
         (["eval", "{missing}", "--real", "sklearn:digits", "--model", "convnet_d3"], "no export folder"),
         (["eval", "{export}", "--real", "sklearn:digits"], "at least one --model"),
         (
+            ["eval", "{export}", "--real", "sklearn:digits", "--model", "convnet_d3", "--seeds", "0"],
+            "--seeds must",
+        ),
+        (
+            ["eval", "{export}", "--real", "sklearn:digits", "--model", "convnet_d5"],
+            "cannot take 1x8x8 images",
+        ),
+        (
             ["select", "--real", "sklearn:digits", "--ipc", "100", "--output", "{tmp}/x"],
             "cannot take 500 images per class",
         ),

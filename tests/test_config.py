@@ -58,6 +58,7 @@ def test_overrides_coerce_types_and_reach_sections():
         ("num_stage=3", "unknown config key 'num_stage'; did you mean 'num_stages'"),
         ("mtt.synsteps=3", "unknown config key 'mtt.synsteps'; did you mean 'mtt.syn_steps'"),
         ("num_stages=0", "'num_stages' must be positive"),
+        ("val_per_class=0", "'val_per_class' must be positive"),
         ("ipc_per_stage=two", "'ipc_per_stage' must be an integer"),
         ("zca=maybe", "'zca' must be true or false"),
         ("init=zeros", "'init' must be one of ['real', 'noise']"),

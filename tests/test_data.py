@@ -71,6 +71,11 @@ def test_stratified_validation_split_is_seeded_and_disjoint(digits):
     assert val_a.class_counts() == [5] * 10
     assert len(rest_a) + len(val_a) == len(whole)
     assert sum(c for c in rest_a.class_counts()) == len(whole) - 50
+    # disjoint and complete: tag every example with its index and follow the tags
+    tagged = ImageSet(torch.arange(len(whole)).view(-1, 1, 1, 1), whole.labels, whole.class_names)
+    rest_t, val_t = stratified_split(tagged, 5, seed=1)
+    rest_ids, val_ids = set(rest_t.images.flatten().tolist()), set(val_t.images.flatten().tolist())
+    assert not rest_ids & val_ids and rest_ids | val_ids == set(range(len(whole)))
 
 
 def test_class_balanced_index(digits):

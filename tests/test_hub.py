@@ -139,10 +139,15 @@ def test_crash_between_the_renames_is_recovered(tmp_path):
     folder = tmp_path / "export"
     _, stages, _ = make_export(folder)
     os.rename(folder, tmp_path / ".export.old-deadbeef")  # as if killed right after the first rename
+    # a reader must not touch it (a writer may be between its renames): it says what it sees
+    with pytest.raises(ExportNotFoundError, match=r"\.export\.old-deadbeef .* holds the previous export"):
+        load_pdd(folder)
     assert recover_interrupted_export(folder)
     assert torch.equal(load_pdd(folder).stages[2].images, stages[2][0])
     os.rename(folder, tmp_path / ".export.old-deadbeef")
-    assert torch.equal(load_pdd(folder).stages[1].images, stages[1][0])  # load_pdd recovers too
+    _, new_stages, _ = make_export(folder, seed=3)  # the next export recovers, then replaces
+    assert torch.equal(load_pdd(folder).stages[1].images, new_stages[1][0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_export_rejects_inconsistent_input(tmp_path):
@@ -285,3 +290,33 @@ def test_re_export_and_same_named_folders_are_never_read_stale(tmp_path):
     assert torch.equal(load_pdd(tmp_path / "b" / "dataset").stages[0].images, other[0][0])
     _, rewritten, _ = make_export(tmp_path / "a" / "dataset", seed=2)
     assert torch.equal(load_pdd(tmp_path / "a" / "dataset").stages[0].images, rewritten[0][0])
+
+
+def test_tampered_split_fails_its_checksum(tmp_path):
+    import datasets
+
+    make_export(tmp_path / "e")
+    path = tmp_path / "e" / "data" / "stage_2-00000-of-00001.parquet"
+    ds = datasets.Dataset.from_parquet(str(path))
+    ds = ds.map(lambda row: {"image": [[[v + 1.0 for v in r] for r in c] for c in row["image"]]})
+    ds.to_parquet(str(path))
+    with pytest.raises(ExportFormatError, match="stage_2' does not match its sha256"):
+        load_pdd(tmp_path / "e")
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("[1, 2]", "must hold a JSON object"),
+        (
+            '{"format_version": 1, "stages": [3], "class_names": [], "image_shape": [1], "preprocess": {}}',
+            "malformed",
+        ),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_malformed_schedule_is_a_clear_error(tmp_path, content, message):
+    make_export(tmp_path / "e")
+    (tmp_path / "e" / SCHEDULE_FILE).write_text(content)
+    with pytest.raises(ExportFormatError, match=message):
+        load_pdd(tmp_path / "e")

@@ -230,3 +230,56 @@ def test_tensorboard_tracker_logs_loss_lr_and_validation(tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     assert {"stage_1/loss", "stage_1/lr", "stage_1/val_acc"} <= tags
+
+
+def test_kill_mid_stage_between_checkpoints_and_in_the_transition(tmp_path, finished_run, monkeypatch):
+    _, reference = finished_run
+    config = tiny(tmp_path)
+    calls = {"loss": 0, "transition": 0}
+    real_loss = MTT.loss
+    real_train = progressive.train_stages
+
+    def dying_loss(self, images, labels):
+        calls["loss"] += 1
+        if calls["loss"] == 4:  # stage 2 (stage 1 is done), iteration 3: one past its checkpoint at 2
+            raise KeyboardInterrupt("killed")
+        return real_loss(self, images, labels)
+
+    def dying_train(model, plans, **kwargs):
+        if plans[0].name.startswith("stage_1.."):  # the transition, not validation
+            calls["transition"] += 1
+            if calls["transition"] == 2:  # after the first network's part was saved
+                raise KeyboardInterrupt("killed in the transition")
+        return real_train(model, plans, **kwargs)
+
+    monkeypatch.setattr(progressive, "train_stages", dying_train)
+    with pytest.raises(KeyboardInterrupt, match="transition"):
+        run_pdd(config, Accelerator(cpu=True))
+    assert len(list((tmp_path / "run" / "start_states" / "stage_2.parts").iterdir())) == 1
+    monkeypatch.setattr(progressive, "train_stages", real_train)
+    monkeypatch.setattr(MTT, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt, match="killed"):
+        run_pdd(config, Accelerator(cpu=True))
+    monkeypatch.undo()
+    run_pdd(config, Accelerator(cpu=True))
+
+    resumed, straight = load_pdd(tmp_path / "run" / "dataset"), load_pdd(reference / "dataset")
+    for a, b in zip(resumed.stages, straight.stages):
+        assert torch.equal(a.images, b.images)
+    for stage in (1, 2):
+        got = json.loads((tmp_path / "run" / "stages" / f"stage_{stage}.json").read_text())
+        want = json.loads((reference / "stages" / f"stage_{stage}.json").read_text())
+        assert got == want  # same validation history, best iteration and learned LR
+
+
+def test_data_that_cannot_fit_the_config_fails_before_the_preprocessing(tmp_path, monkeypatch):
+    import pdd_hub.run as run_mod
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("preprocessing was fitted before the config was checked")
+
+    monkeypatch.setattr(run_mod.Preprocess, "fit", no_fit)
+    with pytest.raises(ConfigError, match="config key 'model': model 'convnet_d5' cannot take 1x8x8"):
+        run_pdd(tiny(tmp_path, model="convnet_d5"), Accelerator(cpu=True))
+    with pytest.raises(ConfigError, match="'ipc_per_stage' = 3 needs"):
+        run_pdd(tiny(tmp_path, name="few", ipc_per_stage=3, train_per_class=2), Accelerator(cpu=True))

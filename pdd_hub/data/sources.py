@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
 
 from pdd_hub.data.images import ImageSet, stratified_split
 from pdd_hub.errors import DatasetFormatError
+from pdd_hub.io import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ def load_real_data(
 ) -> RealData:
     """Load ``source`` (Hub id, local folder or ``sklearn:digits``) with a seeded stratified
     validation split carved out of train. Model or image selection uses ``val``, never ``test``."""
-    splits = _load_dataset_dict(source)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    splits = _load_dataset_dict(source, cache)
     if train_split not in splits:
         raise DatasetFormatError(f"dataset {source!r} has no {train_split!r} split; it has {sorted(splits)}")
     if test_split is None:
@@ -102,7 +104,6 @@ def load_real_data(
 
     train_ds = splits[train_split]
     image_column, label_column = detect_columns(train_ds, image_column, label_column, source)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     train = decode_split(train_ds, image_column, label_column, cache, image_size=image_size)
     test = decode_split(
         splits[test_split],
@@ -138,16 +139,16 @@ def load_split(
     cache_dir: str | Path | None = None,
 ) -> ImageSet:
     """One split of ``source`` as a uint8 :class:`ImageSet` (e.g. the test set for evaluation)."""
-    splits = _load_dataset_dict(source)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    splits = _load_dataset_dict(source, cache)
     if split not in splits:
         raise DatasetFormatError(f"dataset {source!r} has no {split!r} split; it has {sorted(splits)}")
     ds = splits[split]
     image_column, label_column = detect_columns(ds, image_column, label_column, source)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return decode_split(ds, image_column, label_column, cache, image_size=image_size)
 
 
-def _load_dataset_dict(source: str):
+def _load_dataset_dict(source: str, cache: Path):
     import datasets
 
     if source == EMBEDDED_DIGITS:
@@ -165,7 +166,7 @@ def _load_dataset_dict(source: str):
             # name and file patterns only, so two folders of the same name, or a folder rewritten in
             # place, would read each other's stale cache. A cache keyed by path and file stats can't.
             fingerprint = local_folder_fingerprint(path)
-            cache_dir = default_cache_dir() / "datasets" / fingerprint
+            cache_dir = cache / "datasets" / fingerprint
             loaded = datasets.load_dataset(str(path), cache_dir=str(cache_dir))
             for name, split in loaded.items():
                 split._fingerprint = f"{fingerprint}-{name}"
@@ -243,10 +244,9 @@ def decode_split(
     cache_file = cache_dir / "decoded" / f"{key}.safetensors"
     if _fingerprint(ds) != "unknown" and cache_file.exists():
         try:
-            tensors = load_file(cache_file)
-            with open(cache_file.with_suffix(".json")) as f:
-                names = json.load(f)["class_names"]
-            return ImageSet(tensors["images"], tensors["labels"], names)
+            with safe_open(str(cache_file), framework="pt") as f:
+                names = json.loads(f.metadata()["class_names"])
+                return ImageSet(f.get_tensor("images"), f.get_tensor("labels"), names)
         except Exception as exc:  # a corrupt cache is rebuilt, never trusted
             logger.warning("ignoring unreadable decode cache %s (%s)", cache_file, exc)
 
@@ -256,12 +256,9 @@ def decode_split(
     result = ImageSet(images, labels, names)
 
     if _fingerprint(ds) != "unknown":
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        save_file({"images": images.contiguous(), "labels": labels}, tmp)
-        with open(cache_file.with_suffix(".json"), "w") as f:
-            json.dump({"class_names": names}, f)
-        os.replace(tmp, cache_file)
+        save_tensors(
+            {"images": images, "labels": labels}, cache_file, metadata={"class_names": json.dumps(names)}
+        )
     return result
 
 

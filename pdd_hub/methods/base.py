@@ -43,7 +43,8 @@ class StageContext:
 
 
 class Distiller(ABC):
-    """A base method (MTT, IDC, DC, DSA, DM) as seen by the progressive driver."""
+    """A base method as seen by the progressive driver (MTT now; gradient and distribution
+    matching methods plug in the same way)."""
 
     name: str = "base"
 

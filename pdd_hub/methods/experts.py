@@ -66,10 +66,10 @@ class ExpertSet:
         the largest score (they are the hardest), as in Toneva et al."""
         events, learned = None, None
         for i in range(len(self)):
-            tensors = load_file(str(expert_file(self.directory, i)))
-            if "forgetting_events" not in tensors:
-                raise ValueError(f"experts in {self.directory} did not record forgetting events")
-            e, lrn = tensors["forgetting_events"].long(), tensors["ever_learned"].bool()
+            with safe_open(str(expert_file(self.directory, i)), framework="pt") as f:
+                if "forgetting_events" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                    raise ValueError(f"experts in {self.directory} did not record forgetting events")
+                e, lrn = f.get_tensor("forgetting_events").long(), f.get_tensor("ever_learned").bool()
             events = e if events is None else events + e
             learned = lrn if learned is None else learned | lrn
         scores = events.clone()

@@ -75,7 +75,7 @@ class MTT(Distiller):
             track_forgetting=self.track_forgetting and expert_stage == 1,
             progress=ctx.progress,
         )
-        reach = cfg.max_start_epoch + cfg.expert_epochs
+        reach = cfg.max_start_epoch - 1 + cfg.expert_epochs  # the last snapshot matching can use
         self.match(
             [self.experts.trajectory(i, upto=reach) for i in range(len(self.experts))],
             build_network(ctx.model_name, self.num_classes, self.image_shape).to(device),

@@ -1,4 +1,9 @@
-"""Networks as flat parameter vectors: what trajectories store and what the unroll differentiates."""
+"""Networks as flat parameter vectors: what trajectories store and what the unroll differentiates.
+
+Only parameters travel this way (as in MTT): BatchNorm running statistics are not part of a
+trajectory or a start state, so a batch-norm network restarts them at each hand-off. The default
+distillation networks use instance norm, which has none.
+"""
 
 from __future__ import annotations
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import timm
+import torch
 from torch import nn
 
 from pdd_hub.errors import ModelNotFoundError
 from pdd_hub.models.convnet import ConvNet
 from pdd_hub.models.resnet_cifar import ResNetCifar
 
-__all__ = ["ConvNet", "ResNetCifar", "check_model_name", "create_model"]
+__all__ = ["ConvNet", "ResNetCifar", "check_model_builds", "check_model_name", "create_model"]
 
 
 def check_model_name(name: str) -> None:
@@ -35,3 +36,23 @@ def create_model(name: str, num_classes: int, in_chans: int, img_size: int, **kw
         if "img_size" not in str(exc):
             raise
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def check_model_builds(name: str, num_classes: int, image_shape: tuple[int, int, int]) -> None:
+    """Build ``name`` for these images and run two blank images through it, so that a network that
+    cannot take them (too deep for the size, a patch size that does not fit, ...) fails now, with
+    a clear :class:`ModelNotFoundError`, not in the middle of a run."""
+    check_model_name(name)
+    channels, height, width = image_shape
+    try:
+        model = create_model(name, num_classes, channels, height).eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, channels, height, width))
+    except Exception as exc:  # timm and torch raise many types here; the user needs the reason
+        raise ModelNotFoundError(
+            f"model {name!r} cannot take {channels}x{height}x{width} images with {num_classes} classes: {exc}"
+        ) from exc
+    if tuple(out.shape) != (2, num_classes):
+        raise ModelNotFoundError(
+            f"model {name!r} returns {tuple(out.shape)} for 2 images, not (2, {num_classes})"
+        )
