@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+# Subprocesses of the tests: offline, no telemetry, unbuffered output.
+SUBPROCESS_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def accelerate_cpu(processes: int) -> list[str]:
+    """``accelerate launch`` on the CPU with ``processes`` processes, all defaults spelled out."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 def png_bytes(array: np.ndarray) -> bytes:

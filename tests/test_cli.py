@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+from tests.helpers import SUBPROCESS_ENV, accelerate_cpu
+
+ENV = SUBPROCESS_ENV
 
 
 def cli(*args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -95,21 +96,7 @@ def test_eval_modes(digits_export, tmp_path, mode, phases):
 
 def test_eval_on_two_cpu_processes_gathers_every_run(digits_export, tmp_path):
     output = tmp_path / "r2.json"
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-    ]
+    launcher = [*accelerate_cpu(2), "-m"]
     result = cli(
         "eval",
         str(digits_export),

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from pdd_hub.hub import load_pdd
+from tests.helpers import SUBPROCESS_ENV, accelerate_cpu
 from tests.test_pdd import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+ENV = SUBPROCESS_ENV
 
 
 def overrides(config: dict, prefix: str = "") -> list[str]:
@@ -26,22 +26,7 @@ def overrides(config: dict, prefix: str = "") -> list[str]:
 
 
 def launch(script: str, args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(REPO / "recipes" / script),
-        *args,
-    ]
+    cmd = [*accelerate_cpu(processes), str(REPO / "recipes" / script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
 
 
