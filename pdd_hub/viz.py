@@ -18,7 +18,7 @@ def to_uint8_pictures(images: torch.Tensor) -> torch.Tensor:
 
 
 def image_grid(
-    pictures: torch.Tensor, labels: torch.Tensor, num_classes: int, min_cell: int = 32, pad: int = 2
+    pictures: torch.Tensor, labels: torch.Tensor, num_classes: int, min_cell: int = 64, pad: int = 2
 ) -> Image.Image:
     """One row per class, its images left to right; small images are upscaled to ``min_cell`` px."""
     pictures, labels = pictures.cpu(), labels.cpu()
