@@ -56,6 +56,7 @@ def _eval(args: argparse.Namespace) -> int:
         epochs_per_stage=args.epochs_per_stage,
         accelerator=accelerator,
         real_name=args.real,
+        runs_dir=None if args.no_resume else Path(args.output).with_suffix(".runs"),
     )
     if accelerator.is_main_process:
         print(report.to_markdown())
@@ -142,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-column", default=None)
     ev.add_argument("--revision", default=None, help="Hub revision of the export")
     ev.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
+    ev.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="retrain every run instead of reusing finished ones saved in OUTPUT with suffix .runs/",
+    )
     ev.set_defaults(func=_eval)
 
     sh = sub.add_parser("show", help="print an export's schedule")

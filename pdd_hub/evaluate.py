@@ -2,7 +2,9 @@
 
 Each (model, seed) run is independent, so accelerate's processes split the runs between them
 (the synthetic set is far too small to split one run's batches); results are gathered on every
-process and reported by the main one as a markdown table, JSON and a PNG plot.
+process and reported by the main one as a markdown table, JSON and a PNG plot. With a
+``runs_dir``, every finished run is saved there at once and reused when the same evaluation is
+started again, so an interrupted multi-hour evaluation only redoes the run it was in.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pdd_hub.augment import build_augment
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.hub import PDDDataset
+from pdd_hub.io import load_json, save_json
 from pdd_hub.models import check_model_builds, create_model
 from pdd_hub.train import evaluate_accuracy, plan_stages, train_stages
 
@@ -106,6 +109,36 @@ def check_compatible(pdd: PDDDataset, real: ImageSet, real_name: str) -> None:
         )
 
 
+def run_key(
+    pdd: PDDDataset, test: ImageSet, real_name: str, mode: str, plans: list, model: str, seed: int
+) -> dict:
+    """Everything a run's result depends on: a saved run is reused only if all of it matches."""
+    return {
+        "model": model,
+        "seed": seed,
+        "mode": mode,
+        "training": pdd.schedule.training,
+        "stages": [spec.sha256 or f"{spec.split}:{spec.ipc}" for spec in pdd.schedule.stages],
+        "phases": [[p.name, p.epochs, p.lr, p.batch_size, p.momentum, p.weight_decay] for p in plans],
+        "real": real_name,
+        "test_size": len(test),
+    }
+
+
+def _run_file(runs_dir: Path, model: str, seed: int) -> Path:
+    return runs_dir / f"{model.replace('/', '--')}__seed{seed}.json"
+
+
+def _saved_run(runs_dir: Path | None, key: dict) -> list[float] | None:
+    if runs_dir is None:
+        return None
+    path = _run_file(runs_dir, key["model"], key["seed"])
+    if not path.exists():
+        return None
+    saved = load_json(path)
+    return saved["accuracy"] if saved.get("key") == key else None
+
+
 def evaluate_export(
     pdd: PDDDataset,
     test: ImageSet,
@@ -117,8 +150,13 @@ def evaluate_export(
     accelerator: Accelerator | None = None,
     real_name: str = "",
     progress: bool = True,
+    runs_dir: str | Path | None = None,
 ) -> EvalReport:
-    """Train every model with every seed on the export's schedule; test after each phase."""
+    """Train every model with every seed on the export's schedule; test after each phase.
+
+    ``runs_dir`` keeps one JSON per finished (model, seed) run; runs found there with the same
+    export, schedule, test set and settings are reused instead of retrained.
+    """
     if not seeds:
         raise ValueError("evaluate_export needs at least one seed")
     check_compatible(pdd, test, real_name)
@@ -132,11 +170,18 @@ def evaluate_export(
     test_y = test.labels.to(device)
     channels, size = pdd.schedule.image_shape[0], pdd.schedule.image_shape[1]
 
+    runs_dir = Path(runs_dir) if runs_dir is not None else None
     jobs = [(name, seed) for name in model_names for seed in seeds]
     results = []
     show = progress and accelerator.is_main_process
     with accelerator.split_between_processes(jobs) as my_jobs:
         for name, seed in tqdm(my_jobs, desc="eval runs", disable=not show):
+            key = run_key(pdd, test, real_name, mode, plans, name, seed)
+            saved = _saved_run(runs_dir, key)
+            if saved is not None:
+                tqdm.write(f"{name} seed {seed}: reusing the finished run in {runs_dir}")
+                results.append((name, seed, saved))
+                continue
             set_seed(seed)
             model = create_model(name, pdd.schedule.num_classes, channels, size).to(device)
             generator = torch.Generator().manual_seed(seed)
@@ -154,6 +199,9 @@ def evaluate_export(
                 progress=show,
                 description=f"{name} seed {seed}",
             )
+            tqdm.write(f"{name} seed {seed}: test accuracy " + ", ".join(f"{100 * a:.2f}" for a in accs))
+            if runs_dir is not None:
+                save_json({"key": key, "accuracy": accs}, _run_file(runs_dir, name, seed))
             results.append((name, seed, accs))
     results = gather_object(results) if accelerator.num_processes > 1 else results
 

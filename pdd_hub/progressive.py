@@ -52,6 +52,13 @@ def run_pdd(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
     for stage in range(1, config.num_stages + 1):
         done = run.load_finished(stage)
         if done is None:
+            logger.info(
+                "stage %d of %d: %d new images per class, conditioned on %d frozen images",
+                stage,
+                config.num_stages,
+                config.ipc_per_stage,
+                sum(len(f.labels) for f in finished),
+            )
             ctx = stage_context(run, stage, start_states, start_stage)
             distiller.begin_stage(ctx)
             new_images, new_labels = initial_images(run, stage, ctx.pool)

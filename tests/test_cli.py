@@ -118,6 +118,29 @@ def test_eval_on_two_cpu_processes_gathers_every_run(digits_export, tmp_path):
     assert result.stdout.count("| convnet_d2 |") == 1  # only the main process reports
 
 
+def test_eval_reuses_finished_runs_only_when_nothing_changed(digits_export, tmp_path):
+    output = tmp_path / "r.json"
+    args = ["eval", str(digits_export), "--real", "sklearn:digits", "--model", "convnet_d2", "--seeds", "2"]
+    first = cli(*args, "--epochs-per-stage", "2", "--output", str(output))
+    assert first.returncode == 0, first.stderr
+    saved = output.with_suffix(".runs") / "convnet_d2__seed1.json"
+    run = json.loads(saved.read_text())
+    assert run["accuracy"] == json.loads(output.read_text())["accuracy"]["convnet_d2"]["1"]
+    # a marker no real run produces shows whether the saved run was reused or retrained
+    marker = [0.125, 0.25, 0.5]
+    saved.write_text(json.dumps(run | {"accuracy": marker}))
+
+    again = cli(*args, "--epochs-per-stage", "2", "--output", str(output))
+    assert again.returncode == 0, again.stderr
+    assert "convnet_d2 seed 1: reusing" in again.stdout + again.stderr
+    assert json.loads(output.read_text())["accuracy"]["convnet_d2"]["1"] == marker
+
+    changed = cli(*args, "--epochs-per-stage", "1", "--output", str(output))
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(output.read_text())["accuracy"]["convnet_d2"]["1"] != marker
+    assert json.loads(saved.read_text())["key"]["phases"][0][1] == 1
+
+
 def test_show(digits_export):
     result = cli("show", str(digits_export))
     assert result.returncode == 0, result.stderr
