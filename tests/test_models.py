@@ -88,3 +88,23 @@ def test_unknown_model_name_is_a_clear_error():
         create_model("convnet_d33", num_classes=10, in_chans=3, img_size=32)
     with pytest.raises(ModelNotFoundError, match="did you mean"):
         create_model("resnet18_cifr", num_classes=10, in_chans=3, img_size=32)
+
+
+def test_instance_norm_on_one_pixel_maps_is_flagged(caplog):
+    from pdd_hub.models import check_model_builds
+
+    with caplog.at_level("WARNING", logger="pdd_hub.models"):
+        check_model_builds("resnet18_cifar", 10, (1, 8, 8))
+    assert "1x1 feature maps" in caplog.text and "resnet18_cifar_bn" in caplog.text
+    # the network really does ignore its input there: two different images, one output
+    model = create_model("resnet18_cifar", 10, 1, 8).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 8, 8))
+    assert torch.allclose(out[0], out[1], atol=1e-4)  # equal up to the kernels' rounding
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pdd_hub.models"):
+        check_model_builds("resnet18_cifar_bn", 10, (1, 8, 8))
+        check_model_builds("resnet18_cifar", 10, (3, 32, 32))
+        check_model_builds("convnet_d3", 10, (1, 8, 8))
+    assert caplog.text == ""
