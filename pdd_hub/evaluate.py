@@ -9,6 +9,7 @@ started again, so an interrupted multi-hour evaluation only redoes the run it wa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -109,8 +110,15 @@ def check_compatible(pdd: PDDDataset, real: ImageSet, real_name: str) -> None:
         )
 
 
+def test_set_digest(test: ImageSet) -> str:
+    """sha256 of the test images and labels: a different split, size or dataset changes it."""
+    digest = hashlib.sha256(test.images.cpu().contiguous().numpy().tobytes())
+    digest.update(test.labels.cpu().long().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def run_key(
-    pdd: PDDDataset, test: ImageSet, real_name: str, mode: str, plans: list, model: str, seed: int
+    pdd: PDDDataset, test_digest: str, real_name: str, mode: str, plans: list, model: str, seed: int
 ) -> dict:
     """Everything a run's result depends on: a saved run is reused only if all of it matches."""
     return {
@@ -121,7 +129,7 @@ def run_key(
         "stages": [spec.sha256 or f"{spec.split}:{spec.ipc}" for spec in pdd.schedule.stages],
         "phases": [[p.name, p.epochs, p.lr, p.batch_size, p.momentum, p.weight_decay] for p in plans],
         "real": real_name,
-        "test_size": len(test),
+        "test_sha256": test_digest,
     }
 
 
@@ -171,12 +179,13 @@ def evaluate_export(
     channels, size = pdd.schedule.image_shape[0], pdd.schedule.image_shape[1]
 
     runs_dir = Path(runs_dir) if runs_dir is not None else None
+    test_digest = test_set_digest(test) if runs_dir is not None else ""
     jobs = [(name, seed) for name in model_names for seed in seeds]
     results = []
     show = progress and accelerator.is_main_process
     with accelerator.split_between_processes(jobs) as my_jobs:
         for name, seed in tqdm(my_jobs, desc="eval runs", disable=not show):
-            key = run_key(pdd, test, real_name, mode, plans, name, seed)
+            key = run_key(pdd, test_digest, real_name, mode, plans, name, seed)
             saved = _saved_run(runs_dir, key)
             if saved is not None:
                 tqdm.write(f"{name} seed {seed}: reusing the finished run in {runs_dir}")
