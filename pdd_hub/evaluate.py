@@ -9,7 +9,6 @@ started again, so an interrupted multi-hour evaluation only redoes the run it wa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pdd_hub.augment import build_augment
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.hub import PDDDataset
-from pdd_hub.io import load_json, save_json
+from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
 from pdd_hub.train import evaluate_accuracy, plan_stages, train_stages
 
@@ -112,9 +111,7 @@ def check_compatible(pdd: PDDDataset, real: ImageSet, real_name: str) -> None:
 
 def test_set_digest(test: ImageSet) -> str:
     """sha256 of the test images and labels: a different split, size or dataset changes it."""
-    digest = hashlib.sha256(test.images.cpu().contiguous().numpy().tobytes())
-    digest.update(test.labels.cpu().long().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_sha256(test.images, test.labels.long())
 
 
 def run_key(

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from pdd_hub.data.transforms import Preprocess
 from pdd_hub.errors import ExportFormatError, ExportNotFoundError, HubPushError
+from pdd_hub.io import tensors_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -395,11 +396,7 @@ def read_schedule(folder: str | Path) -> Schedule:
 
 def stage_checksum(images: torch.Tensor, labels: torch.Tensor) -> str:
     """sha256 of a stage's float32 images and int64 labels (what pdd_schedule.json records)."""
-    import hashlib
-
-    digest = hashlib.sha256(images.detach().float().cpu().contiguous().numpy().tobytes())
-    digest.update(labels.detach().long().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_sha256(images.float(), labels.long())
 
 
 def load_pdd(

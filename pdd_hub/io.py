@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,14 @@ def save_tensors(
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
+
+
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes, in order (dtype and values, not the memory layout)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_json(data: Any, path: str | Path) -> Path:
