@@ -45,9 +45,14 @@ class Sample:
         return Sample(self.transforms, {k: v.to(device) for k, v in self.values.items()})
 
 
+MODES = {"single": "dsa", "all": "dsa_all", "idc": "dsa_idc"}  # mode -> spec prefix
+
+
 class DSA:
     """``strategy`` names transforms joined by ``_``. ``mode="single"`` applies one of them, chosen at
-    random per call (DSA's default 'S' mode, used by DC/DSA/MTT/PDD); ``mode="all"`` applies all."""
+    random per call (DSA's default 'S' mode, used by DC/DSA/DM/MTT/PDD); ``mode="all"`` applies all,
+    in order (IDC's augmentation during condensation); ``mode="idc"`` applies colour and flip (those
+    of them in the strategy) always, then one of the others (IDC's augmentation when training)."""
 
     def __init__(
         self, strategy: str = DEFAULT_STRATEGY, params: DSAParams | None = None, mode: str = "single"
@@ -58,8 +63,8 @@ class DSA:
             raise ValueError(
                 f"unknown DSA transform(s) {unknown} in strategy {strategy!r}; use {ALL_TRANSFORMS}"
             )
-        if mode not in ("single", "all"):
-            raise ValueError(f"DSA mode must be 'single' or 'all', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"DSA mode must be one of {list(MODES)}, got {mode!r}")
         self.strategy = strategy
         self.transforms = names
         self.params = params or DSAParams()
@@ -75,11 +80,7 @@ class DSA:
         ``shared`` draws one set for the whole batch (siamese use across batches of any size)."""
         if not self.transforms:
             return Sample(())
-        if self.mode == "single":
-            pick = int(torch.randint(len(self.transforms), (1,), generator=generator))
-            chosen: tuple[str, ...] = (self.transforms[pick],)
-        else:
-            chosen = self.transforms
+        chosen = self._choose(generator)
         n = 1 if shared else batch_size
         p, (h, w) = self.params, image_size
         values: dict[str, torch.Tensor] = {}
@@ -109,6 +110,15 @@ class DSA:
             elif name == "rotate":
                 values["angle"] = (uniform((n,)) - 0.5) * 2 * p.ratio_rotate / 180 * math.pi
         return Sample(chosen, values)
+
+    def _choose(self, generator: torch.Generator) -> tuple[str, ...]:
+        if self.mode == "all":
+            return self.transforms
+        always = tuple(t for t in self.transforms if t in ("color", "flip")) if self.mode == "idc" else ()
+        rest = [t for t in self.transforms if t not in always]
+        if not rest:
+            return always
+        return (*always, rest[int(torch.randint(len(rest), (1,), generator=generator))])
 
     def apply(self, x: torch.Tensor, sample: Sample) -> torch.Tensor:
         """Apply drawn parameters to ``x`` ``[N, C, H, W]``; differentiable w.r.t. ``x``."""
@@ -185,16 +195,55 @@ class DSA:
         return self._affine(x, theta)
 
 
+@dataclass(frozen=True)
+class CutMix:
+    """CutMix (Yun et al. 2019) as IDC trains with it: with probability ``prob`` a minibatch gets a box
+    of a shuffled copy of itself pasted in; the box covers about ``1 - lam`` of the image with
+    ``lam ~ Beta(beta, beta)``, and the loss mixes the two labels by the exact pasted area."""
+
+    prob: float = 0.5
+    beta: float = 1.0
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(mixed images, partner labels, weight of the own labels)``; weight 1 when not applied."""
+        if float(torch.rand((), generator=generator)) >= self.prob:
+            return x, y, 1.0
+        lam = self._beta(generator)
+        partner = torch.randperm(len(x), generator=generator).to(x.device)
+        h, w = x.shape[-2:]
+        cut_h, cut_w = int(h * math.sqrt(1.0 - lam)), int(w * math.sqrt(1.0 - lam))
+        cy, cx = (int(torch.randint(n, (), generator=generator)) for n in (h, w))
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        mixed = x.clone()
+        mixed[:, :, top:bottom, left:right] = x[partner, :, top:bottom, left:right]
+        return mixed, y[partner], 1.0 - (bottom - top) * (right - left) / (h * w)
+
+    def _beta(self, generator: torch.Generator) -> float:
+        # torch's Beta sampler takes no generator; numpy's, seeded from it, keeps the draw reproducible
+        import numpy as np
+
+        seed = int(torch.randint(2**62, (), generator=generator))
+        return float(np.random.default_rng(seed).beta(self.beta, self.beta))
+
+
 def build_augment(spec: str | None) -> DSA | None:
-    """``"dsa"`` / ``"dsa:color_crop"`` / ``"none"`` -> a :class:`DSA` or ``None``."""
+    """``"dsa"`` / ``"dsa:color_crop"`` / ``"none"`` -> a :class:`DSA` or ``None``; the prefixes
+    ``dsa_all:`` and ``dsa_idc:`` choose the modes ``all`` and ``idc``."""
     if spec is None or spec in ("", "none"):
         return None
     kind, _, strategy = spec.partition(":")
-    if kind != "dsa":
-        raise ValueError(f"unknown augmentation {spec!r}; use 'dsa', 'dsa:<t1>_<t2>...' or 'none'")
-    return DSA(strategy or DEFAULT_STRATEGY)
+    modes = {prefix: mode for mode, prefix in MODES.items()}
+    if kind not in modes:
+        raise ValueError(
+            f"unknown augmentation {spec!r}; use 'none', 'dsa', or 'dsa:<t1>_<t2>...' (also with the "
+            "prefixes dsa_all: and dsa_idc:)"
+        )
+    return DSA(strategy or DEFAULT_STRATEGY, mode=modes[kind])
 
 
 def augment_spec(augment: DSA | None) -> str:
     """The inverse of :func:`build_augment`, for schedules and logs."""
-    return "none" if augment is None else f"dsa:{augment.strategy}"
+    return "none" if augment is None else f"{MODES[augment.mode]}:{augment.strategy}"

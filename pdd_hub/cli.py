@@ -1,10 +1,13 @@
-"""``pdd-hub``: evaluate, inspect and publish PDD exports.
+"""``pdd-hub``: distil, evaluate, inspect and publish PDD exports.
 
+    pdd-hub configs                                   # the shipped configs
+    pdd-hub methods                                   # the registered base methods
+    pdd-hub distill --config quickstart_dm [key=value ...]
     pdd-hub eval SYNTHETIC --real DATASET --model convnet_d3 --model resnet18_cifar --seeds 3
     pdd-hub show SYNTHETIC
     pdd-hub push FOLDER ORG/NAME [--private]
 
-Run ``eval`` under ``accelerate launch -m pdd_hub.cli eval ...`` to spread runs over processes.
+Run ``distill`` and ``eval`` under ``accelerate launch -m pdd_hub.cli ...`` to use several processes.
 Errors a user can cause print as one paragraph, without a traceback, and exit with status 2.
 """
 
@@ -22,8 +25,8 @@ from pdd_hub.errors import PDDError
 def _eval(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
-    from pdd_hub.data import load_split
-    from pdd_hub.evaluate import evaluate_export
+    from pdd_hub.data import load_real_data, load_split
+    from pdd_hub.evaluate import evaluate_export, random_baseline
     from pdd_hub.hub import load_pdd
     from pdd_hub.models import check_model_name
 
@@ -47,17 +50,27 @@ def _eval(args: argparse.Namespace) -> int:
         image_size=image_size,
     )
     seeds = list(range(args.seed, args.seed + args.seeds))
-    report = evaluate_export(
-        pdd,
-        test,
-        models,
-        seeds,
-        mode=args.mode,
-        epochs_per_stage=args.epochs_per_stage,
-        accelerator=accelerator,
-        real_name=args.real,
-        runs_dir=None if args.no_resume else Path(args.output).with_suffix(".runs"),
-    )
+    settings = {
+        "mode": args.mode,
+        "epochs_per_stage": args.epochs_per_stage,
+        "accelerator": accelerator,
+        "real_name": args.real,
+        "runs_dir": None if args.no_resume else Path(args.output).with_suffix(".runs"),
+    }
+    report = evaluate_export(pdd, test, models, seeds, **settings)
+    if args.baseline == "random":
+        train = load_real_data(
+            args.real,
+            val_per_class=pdd.schedule.config.get("val_per_class", 50),
+            seed=pdd.schedule.config.get("seed", 0),
+            image_column=args.image_column,
+            label_column=args.label_column,
+            test_split=test_split,
+            image_size=image_size,
+        ).train
+        baseline = random_baseline(pdd, train, seed=args.seed)
+        extra = evaluate_export(baseline, test, models, seeds, tag=" [random real]", **settings)
+        report.accuracies.update(extra.accuracies)
     if accelerator.is_main_process:
         print(report.to_markdown())
         output = Path(args.output)
@@ -87,8 +100,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
+    from pdd_hub.augment import DEFAULT_STRATEGY
     from pdd_hub.data import Preprocess, load_real_data
     from pdd_hub.selection import export_selection, random_stage_indices
+    from pdd_hub.train import TrainingRecipe
 
     real = load_real_data(
         args.real,
@@ -107,11 +122,35 @@ def _select(args: argparse.Namespace) -> int:
         indices,
         preprocess,
         method=args.method,
-        lr=args.lr,
-        epochs=args.epochs,
+        recipe=TrainingRecipe(lr=args.lr, epochs=args.epochs, augment=f"dsa:{DEFAULT_STRATEGY}"),
         config=vars(args) | {"func": None},
     )
     print(f"wrote {args.num_stages} stages x {args.ipc} images per class of {args.real} to {folder}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from pdd_hub.recipe import distill, recipe_main
+
+    return recipe_main(args.args, distill)
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from pdd_hub.configs import configs_dir, list_configs
+
+    rows = list_configs()
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    print(f"\n(in {configs_dir()}; run one with `pdd-hub distill --config NAME [key=value ...]`)")
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from pdd_hub.registry import METHODS, registry_summary
+
+    for name, summary in registry_summary(METHODS):
+        print(f"{name:<6}  {summary}")
     return 0
 
 
@@ -126,6 +165,16 @@ def _push(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdd-hub", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    di = sub.add_parser(
+        "distill",
+        help="distil a dataset into progressive stages (pdd-hub distill --config NAME_OR_FILE key=value ...)",
+        add_help=False,  # --help goes to the config parser, which lists every key
+    )
+    di.add_argument("args", nargs="*", help="--config NAME_OR_FILE, then key=value overrides")
+    di.set_defaults(func=_distill)
+    sub.add_parser("configs", help="list the shipped configs").set_defaults(func=_configs)
+    sub.add_parser("methods", help="list the registered base methods").set_defaults(func=_methods)
 
     ev = sub.add_parser("eval", help="train timm models on an export's schedule and test them on real data")
     ev.add_argument("synthetic", help="export folder or Hub dataset repo id")
@@ -142,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-column", default=None)
     ev.add_argument("--label-column", default=None)
     ev.add_argument("--revision", default=None, help="Hub revision of the export")
+    ev.add_argument(
+        "--baseline",
+        choices=["random"],
+        default=None,
+        help="also train the same models, with the same recipe, on as many random real training images "
+        "per stage (rows marked [random real])",
+    )
     ev.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
     ev.add_argument(
         "--no-resume",
@@ -182,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["distill"]:  # everything after it is the config parser's (--config, key=value, --help)
+        return _distill(argparse.Namespace(args=argv[1:]))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:

@@ -1,9 +1,12 @@
 """Run configs: dataclasses, YAML files, ``key=value`` overrides, validation that names the key.
 
-    accelerate launch recipes/pdd_mtt.py --config recipes/configs/quickstart.yaml num_stages=3 mtt.lr_lr=1e-6
+    pdd-hub distill --config quickstart_dm num_stages=3 dm.lr_img=0.5
 
-Every key is checked before any work starts: an unknown key (with a close-match hint), a value of
-the wrong type or out of range raises :class:`ConfigError` naming it.
+A config names its base method (``method: idc``) and holds that method's section only (``idc:``,
+the method's own config dataclass from the registry). Every key is checked before any work starts:
+an unknown key (with a close-match hint), a section of another method, a value of the wrong type,
+out of range or not among the choices raises :class:`ConfigError` naming it. Range and choice rules
+live beside each field (:func:`positive`, :func:`one_of`, ...), so a method's config carries its own.
 """
 
 from __future__ import annotations
@@ -19,146 +22,145 @@ from typing import Any
 
 import yaml
 
-from pdd_hub.errors import ConfigError
+from pdd_hub.errors import ConfigError, UnknownNameError
+
+
+# --- field rules ---------------------------------------------------------------------------------
+def positive(default: Any) -> Any:
+    """A field that must be > 0 (or None, where the type allows it)."""
+    return field(default=default, metadata={"rule": "positive"})
+
+
+def non_negative(default: Any) -> Any:
+    """A field that must be >= 0."""
+    return field(default=default, metadata={"rule": "non_negative"})
+
+
+def one_of(default: str, *choices: str) -> Any:
+    """A string field that must be one of ``choices``."""
+    return field(default=default, metadata={"rule": "choice", "choices": (default, *choices)})
+
+
+def augmentation(default: str) -> Any:
+    """An augmentation spec: ``none``, ``dsa`` or ``dsa:<t1>_<t2>...`` (see :mod:`pdd_hub.augment`)."""
+    return field(default=default, metadata={"rule": "augment"})
 
 
 @dataclass
 class ExpertConfig:
-    """Expert trajectories on real data (MTT's buffer): plain SGD, a snapshot after every epoch."""
+    """Networks trained on real data with a snapshot after every epoch (MTT's expert trajectories,
+    IDC's pool of pretrained networks)."""
 
-    num_experts: int = 100
-    epochs: int = 50
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 256
-
-
-@dataclass
-class MTTConfig:
-    """Trajectory matching (Cazenavette et al. 2022) with a learned LR per stage."""
-
-    syn_steps: int = 50
-    expert_epochs: int = 2
-    max_start_epoch: int = 5
-    lr_img: float = 1000.0
-    lr_lr: float = 1e-7
-    lr_init: float = 0.01  # the learned LR starts here (MTT's lr_teacher)
-    lr_min: float = 1e-8  # the learned LR is kept above this (it must stay positive)
-    batch_syn: int | None = None  # default: classes x ipc_per_stage, as in the official code
-    momentum: float = 0.5  # of the image and LR optimisers
+    num_experts: int = positive(100)
+    epochs: int = positive(50)
+    lr: float = positive(0.01)
+    momentum: float = non_negative(0.0)
+    weight_decay: float = non_negative(0.0)
+    batch_size: int = positive(256)
 
 
 @dataclass
 class TransitionConfig:
-    """Between stages: train each expert's start on stages 1..k, then record a new trajectory."""
+    """Between stages: train each start state on stages 1..k, giving the start states of stage k+1."""
 
     enabled: bool = True
-    syn_epochs: int = 1000  # epochs on stages 1..k (PDD: 1000)
+    syn_epochs: int = positive(1000)  # epochs on stages 1..k (PDD: 1000)
 
 
 @dataclass
 class EvalConfig:
     """Cheap evaluation during distillation; the best images of a stage are chosen on ``val``."""
 
-    every: int = 100  # iterations
-    num_models: int = 5
-    epochs: int = 1000  # epochs of training on the current union
-    batch_size: int = 256
+    every: int = positive(100)  # iterations
+    num_models: int = positive(5)
+    epochs: int = positive(1000)  # epochs of training on the current union
+    batch_size: int = positive(256)
 
 
 @dataclass
 class ForgettingConfig:
     """Later stages may use only harder real examples, by forgetting score (Toneva et al. 2019)."""
 
-    mode: str = "off"  # off | band (stage k uses scores in its band) | drop_easy (scores >= its band)
-    band_width: int = 10
+    # off | band (stage k uses scores in its band) | drop_easy (scores >= its band)
+    mode: str = one_of("off", "band", "drop_easy")
+    band_width: int = positive(10)
 
 
 @dataclass
 class PDDConfig:
-    """One progressive distillation run."""
+    """One progressive distillation run. ``method_config`` is the section of the method ``method``
+    (in YAML, the section named after the method); ``config.<method>`` reads it too."""
 
     dataset: str = "sklearn:digits"
     output_dir: str = "runs/quickstart"
     method: str = "mtt"
     model: str = "convnet_d3"
     seed: int = 0
-    num_stages: int = 5
-    ipc_per_stage: int = 2
-    iterations: int = 5000  # per stage
-    init: str = "real"  # real | noise
-    conditioning: bool = True  # stage k sees stages 1..k-1 (frozen) in the student's minibatches
+    num_stages: int = positive(5)
+    ipc_per_stage: int = positive(2)  # images per class a stage stores
+    iterations: int = positive(5000)  # image updates per stage
+    init: str = one_of("real", "noise")
+    conditioning: bool = True  # stage k sees stages 1..k-1 (frozen) in the method's loss
     # data
     image_column: str | None = None
     label_column: str | None = None
     test_split: str | None = None
-    image_size: int | None = None
-    val_per_class: int = 50
-    train_per_class: int | None = None  # subsample the real training set (CPU-sized runs)
+    image_size: int | None = positive(None)
+    val_per_class: int = positive(50)
+    train_per_class: int | None = positive(None)  # subsample the real training set (CPU-sized runs)
     normalize: bool = True
     zca: bool = False
-    zca_eps: float = 0.1
-    augment: str = "dsa"
+    zca_eps: float = positive(0.1)
+    augment: str = augmentation("dsa")  # when networks train: experts, validation, transitions, export
     # training on the result (written into pdd_schedule.json)
-    train_epochs_per_stage: int = 500
-    train_batch_size: int = 256
+    train_epochs_per_stage: int = positive(500)
+    train_batch_size: int = positive(256)
     # run management
-    log_every: int = 10
-    checkpoint_every: int = 50
-    tracker: str = "none"  # none | tensorboard
+    num_threads: int | None = positive(None)  # CPU threads per process; default: cores / processes
+    log_every: int = positive(10)
+    checkpoint_every: int = positive(50)
+    tracker: str = one_of("none", "tensorboard")
     progress: bool = True
     # sections
+    method_config: Any = None
     experts: ExpertConfig = field(default_factory=ExpertConfig)
-    mtt: MTTConfig = field(default_factory=MTTConfig)
     transition: TransitionConfig = field(default_factory=TransitionConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
 
+    def __post_init__(self) -> None:
+        if self.method_config is None:
+            self.method_config = method_entry(self.method).config_cls()
+
+    def __getattr__(self, name: str) -> Any:
+        # `config.idc` for the section of method idc, as in the YAML; only the run's own method
+        if name != "method" and name == self.__dict__.get("method"):
+            return self.__dict__["method_config"]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as YAML holds it: the method's section under the method's name."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "method_config":
+                out[self.method] = dataclasses.asdict(value)
+            else:
+                out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
 
 
-_CHOICES = {
-    "method": ("mtt",),
-    "init": ("real", "noise"),
-    "tracker": ("none", "tensorboard"),
-    "forgetting.mode": ("off", "band", "drop_easy"),
-}
-_POSITIVE = {
-    "num_stages",
-    "ipc_per_stage",
-    "iterations",
-    "log_every",
-    "checkpoint_every",
-    "train_epochs_per_stage",
-    "train_batch_size",
-    "experts.num_experts",
-    "experts.epochs",
-    "experts.lr",
-    "experts.batch_size",
-    "mtt.syn_steps",
-    "mtt.expert_epochs",
-    "mtt.max_start_epoch",
-    "mtt.lr_img",
-    "mtt.lr_lr",
-    "mtt.lr_init",
-    "mtt.lr_min",
-    "transition.syn_epochs",
-    "eval.every",
-    "eval.num_models",
-    "eval.epochs",
-    "eval.batch_size",
-    "forgetting.band_width",
-    "zca_eps",
-    "val_per_class",
-    "mtt.batch_syn",
-    "image_size",
-    "train_per_class",
-}
-_NON_NEGATIVE = {"experts.momentum", "experts.weight_decay", "mtt.momentum"}
+def method_entry(name: str):
+    """The registry entry of base method ``name`` (a :class:`ConfigError` naming the key if unknown)."""
+    from pdd_hub.registry import METHODS
+
+    try:
+        return METHODS.get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(f"config key 'method': {exc}") from exc
 
 
+# --- loading ---------------------------------------------------------------------------------------
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PDDConfig:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
     data: dict[str, Any] = {}
@@ -182,13 +184,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_from_dict(data: dict[str, Any]) -> PDDConfig:
     """Build and validate a :class:`PDDConfig` from a (nested) mapping."""
-    config = _build(PDDConfig, data, prefix="")
+    from pdd_hub.registry import METHODS
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {data!r}")
+    data = dict(data)
+    method = data.get("method", PDDConfig.method)
+    if not isinstance(method, str):
+        raise ConfigError(f"config key 'method' must be a method name, got {method!r}")
+    entry = method_entry(method)
+    others = [key for key in data if key != method and key in METHODS]
+    if others:
+        raise ConfigError(
+            f"config section {others[0]!r} belongs to method {others[0]!r}, but this run's method is "
+            f"{method!r}: remove the section, or set method: {others[0]}"
+        )
+    section = data.pop(method, None)
+    method_config = _build(entry.config_cls, section or {}, prefix=f"{method}.")
+    config = _build(PDDConfig, data, prefix="", fixed={"method_config": method_config})
     validate(config)
     return config
 
 
 def parse_recipe_args(argv: list[str]) -> PDDConfig:
-    """``--config FILE key=value ...`` as the recipes take them."""
+    """``--config NAME_OR_FILE key=value ...`` as the recipes and ``pdd-hub distill`` take them."""
     path = None
     overrides = []
     it = iter(argv)
@@ -196,24 +215,49 @@ def parse_recipe_args(argv: list[str]) -> PDDConfig:
         if arg == "--config":
             path = next(it, None)
             if path is None:
-                raise ConfigError("--config needs a file path")
+                raise ConfigError("--config needs a config name (see `pdd-hub configs`) or a file path")
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
         elif arg in ("-h", "--help"):
-            raise SystemExit(_usage())
+            raise SystemExit(usage())
         else:
             overrides.append(arg)
-    return load_config(path, overrides)
+    return load_config(None if path is None else resolve_config(path), overrides)
 
 
-def _usage() -> str:
-    lines = ["usage: accelerate launch recipes/pdd_mtt.py --config FILE [key=value ...]", "", "keys:"]
-    for key, value in flatten_config(PDDConfig().to_dict()).items():
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file path as given, else the shipped config of that name (``quickstart_dm``)."""
+    from pdd_hub.configs import shipped_config
+
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    return shipped_config(str(name_or_path))
+
+
+def usage() -> str:
+    """The recipes' ``--help``: every key with its default, the method sections included."""
+    from pdd_hub.registry import METHODS
+
+    lines = [
+        "usage: pdd-hub distill --config NAME_OR_FILE [key=value ...]",
+        "       accelerate launch recipes/pdd_mtt.py --config FILE [key=value ...]",
+        "",
+        "keys:",
+    ]
+    common = {k: v for k, v in PDDConfig().to_dict().items() if k != PDDConfig.method}
+    for key, value in flatten_config(common).items():
         lines.append(f"  {key} (default {value!r})")
+    for name in METHODS.names():
+        entry = METHODS.get(name)
+        lines.append(f"\nmethod: {name} ({entry.summary}); its section:")
+        for key, value in flatten_config(dataclasses.asdict(entry.config_cls()), f"{name}.").items():
+            lines.append(f"  {key} (default {value!r})")
     return "\n".join(lines)
 
 
 def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
     out = {}
     for key, value in data.items():
         if isinstance(value, dict):
@@ -234,18 +278,24 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, fixed: dict[str, Any] | None = None) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config section {prefix.rstrip('.')!r} must be a mapping, got {data!r}")
+    fixed = fixed or {}
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in fixed}
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=1)
+        candidates = list(fields)
+        if cls is PDDConfig:
+            from pdd_hub.registry import METHODS
+
+            candidates += METHODS.names()
+        close = difflib.get_close_matches(str(key), candidates, n=1)
         hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {sorted(fields)}"
-        raise ConfigError(f"unknown config key {prefix + key!r}{hint}")
-    values = {}
+        raise ConfigError(f"unknown config key {prefix + str(key)!r}{hint}")
+    values = dict(fixed)
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
@@ -286,35 +336,15 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
+# --- validation ------------------------------------------------------------------------------------
 def validate(config: PDDConfig) -> None:
-    """Range and choice checks, naming the offending key."""
-    flat = flatten_config(config.to_dict())
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"config key {key!r} must be one of {list(choices)}, got {flat[key]!r}")
-    for key in _POSITIVE:
-        if flat[key] is not None and flat[key] <= 0:
-            raise ConfigError(f"config key {key!r} must be positive, got {flat[key]!r}")
-    for key in _NON_NEGATIVE:
-        if flat[key] < 0:
-            raise ConfigError(f"config key {key!r} must not be negative, got {flat[key]!r}")
-    if config.augment not in ("none", "dsa") and not config.augment.startswith("dsa:"):
-        raise ConfigError(
-            f"config key 'augment' must be 'none', 'dsa' or 'dsa:<t1>_<t2>...', got {config.augment!r}"
-        )
-    if config.augment != "none":
-        from pdd_hub.augment import build_augment
-
-        try:
-            build_augment(config.augment)
-        except ValueError as exc:
-            raise ConfigError(f"config key 'augment': {exc}") from exc
-    needed = config.mtt.max_start_epoch + config.mtt.expert_epochs
-    if config.method == "mtt" and needed > config.experts.epochs:
-        raise ConfigError(
-            f"config keys 'mtt.max_start_epoch' + 'mtt.expert_epochs' = {needed} exceed 'experts.epochs' "
-            f"= {config.experts.epochs}: the experts' trajectories are too short to match"
-        )
+    """Every field's rule, each section's own ``check(run_config)``, then the model and tracker."""
+    _check_rules(config, prefix="")
+    _check_rules(config.method_config, prefix=f"{config.method}.")
+    for section in (config.method_config, config.experts, config.transition, config.eval, config.forgetting):
+        check = getattr(section, "check", None)
+        if check is not None:
+            check(config)
     from pdd_hub.models import check_model_name
 
     try:
@@ -328,6 +358,34 @@ def validate(config: PDDConfig) -> None:
             raise ConfigError(
                 "config key 'tracker' is 'tensorboard' but tensorboard is not installed"
             ) from exc
+
+
+def _check_rules(section: Any, prefix: str) -> None:
+    for f in dataclasses.fields(section):
+        value, key, rule = getattr(section, f.name), prefix + f.name, f.metadata.get("rule")
+        if dataclasses.is_dataclass(value) and f.name != "method_config":
+            _check_rules(value, f"{key}.")
+        elif value is None or rule is None:
+            continue
+        elif rule == "positive" and value <= 0:
+            raise ConfigError(f"config key {key!r} must be positive, got {value!r}")
+        elif rule == "non_negative" and value < 0:
+            raise ConfigError(f"config key {key!r} must not be negative, got {value!r}")
+        elif rule == "choice" and value not in f.metadata["choices"]:
+            raise ConfigError(
+                f"config key {key!r} must be one of {list(f.metadata['choices'])}, got {value!r}"
+            )
+        elif rule == "augment":
+            _check_augment(key, value)
+
+
+def _check_augment(key: str, value: str) -> None:
+    from pdd_hub.augment import build_augment
+
+    try:
+        build_augment(value)
+    except ValueError as exc:
+        raise ConfigError(f"config key {key!r}: {exc}") from exc
 
 
 def save_config(config: PDDConfig, path: str | Path) -> None:

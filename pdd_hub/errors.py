@@ -37,3 +37,7 @@ class ModelNotFoundError(PDDError, ValueError):
 
 class DistillationDivergedError(PDDError, RuntimeError):
     """Distillation kept producing non-finite values after restoring the last good state."""
+
+
+class UnknownNameError(PDDError, ValueError):
+    """A name (of a base method, a selection method, ...) that no registry entry has."""

@@ -10,8 +10,9 @@ started again, so an interrupted multi-hour evaluation only redoes the run it wa
 from __future__ import annotations
 
 import json
+import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,13 +20,15 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from pdd_hub.augment import build_augment
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import DatasetFormatError
-from pdd_hub.hub import PDDDataset
+from pdd_hub.hub import PDDDataset, SyntheticStage, stage_checksum
 from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
-from pdd_hub.train import evaluate_accuracy, plan_stages, train_stages
+from pdd_hub.rng import stream
+from pdd_hub.train import evaluate_accuracy, plan_stages, recipe_augmentations, train_stages
+
+BASELINES = ("random",)
 
 
 @dataclass
@@ -90,6 +93,27 @@ class EvalReport:
         )
 
 
+def random_baseline(pdd: PDDDataset, real_train: ImageSet, seed: int = 0) -> PDDDataset:
+    """The export's schedule (LRs, epochs, training recipe) on random real training images instead:
+    as many per class in each stage as the export stores (its storage budget: for IDC the stored,
+    not the decoded, images), disjoint across stages, preprocessed the export's way. What
+    ``pdd-hub eval --baseline random`` trains the same models on."""
+    counts = [spec.stored_ipc or spec.ipc for spec in pdd.schedule.stages]
+    by_class = real_train.sample_per_class(sum(counts), stream(seed, "baseline", "random")).view(
+        real_train.num_classes, sum(counts)
+    )
+    stages, first = [], 0
+    for spec, count in zip(pdd.schedule.stages, counts):
+        idx = by_class[:, first : first + count].reshape(-1)
+        first += count
+        images = pdd.preprocess(real_train.images[idx]).float()
+        labels = real_train.labels[idx].long()
+        spec = replace(spec, ipc=count, stored_ipc=count, sha256=stage_checksum(images, labels))
+        stages.append(SyntheticStage(spec=spec, images=images, labels=labels))
+    schedule = replace(pdd.schedule, method="random real", stages=[s.spec for s in stages])
+    return PDDDataset(schedule=schedule, stages=stages, preprocess=pdd.preprocess, path=pdd.path)
+
+
 def check_compatible(pdd: PDDDataset, real: ImageSet, real_name: str) -> None:
     """The real test set must have the export's classes and image shape."""
     if real.num_classes != pdd.schedule.num_classes:
@@ -131,7 +155,8 @@ def run_key(
 
 
 def _run_file(runs_dir: Path, model: str, seed: int) -> Path:
-    return runs_dir / f"{model.replace('/', '--')}__seed{seed}.json"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.replace("/", "--")).strip("-")
+    return runs_dir / f"{safe}__seed{seed}.json"
 
 
 def _saved_run(runs_dir: Path | None, key: dict) -> list[float] | None:
@@ -156,8 +181,11 @@ def evaluate_export(
     real_name: str = "",
     progress: bool = True,
     runs_dir: str | Path | None = None,
+    tag: str = "",
 ) -> EvalReport:
-    """Train every model with every seed on the export's schedule; test after each phase.
+    """Train every model with every seed on the export's schedule, with the recipe it records
+    (augmentation, CutMix, LR schedule); test after each phase. Models appear in the report as
+    ``name + tag`` (e.g. ``" [random real]"`` for a baseline).
 
     ``runs_dir`` keeps one JSON per finished (model, seed) run; runs found there with the same
     export, schedule, test set and settings are reused instead of retrained.
@@ -170,7 +198,7 @@ def evaluate_export(
     accelerator = accelerator or Accelerator()
     device = accelerator.device
     plans = plan_stages(pdd, mode, epochs_per_stage)
-    augment = build_augment(pdd.schedule.training.get("augment", "dsa"))
+    augment, cutmix = recipe_augmentations(pdd.schedule.training)
     test_x = pdd.preprocess.apply_all(test.images.to(device))
     test_y = test.labels.to(device)
     channels, size = pdd.schedule.image_shape[0], pdd.schedule.image_shape[1]
@@ -178,15 +206,16 @@ def evaluate_export(
     runs_dir = Path(runs_dir) if runs_dir is not None else None
     test_digest = test_set_digest(test) if runs_dir is not None else ""
     jobs = [(name, seed) for name in model_names for seed in seeds]
+    label = {name: name + tag for name in model_names}
     results = []
     show = progress and accelerator.is_main_process
     with accelerator.split_between_processes(jobs) as my_jobs:
         for name, seed in tqdm(my_jobs, desc="eval runs", disable=not show):
-            key = run_key(pdd, test_digest, real_name, mode, plans, name, seed)
+            key = run_key(pdd, test_digest, real_name, mode, plans, label[name], seed)
             saved = _saved_run(runs_dir, key)
             if saved is not None:
-                tqdm.write(f"{name} seed {seed}: reusing the finished run in {runs_dir}")
-                results.append((name, seed, saved))
+                tqdm.write(f"{label[name]} seed {seed}: reusing the finished run in {runs_dir}")
+                results.append((label[name], seed, saved))
                 continue
             set_seed(seed)
             model = create_model(name, pdd.schedule.num_classes, channels, size).to(device)
@@ -200,15 +229,17 @@ def evaluate_export(
                 model,
                 plans,
                 augment=augment,
+                cutmix=cutmix,
                 generator=generator,
                 after_stage=test_after_stage,
                 progress=show,
-                description=f"{name} seed {seed}",
+                description=f"{label[name]} seed {seed}",
             )
-            tqdm.write(f"{name} seed {seed}: test accuracy " + ", ".join(f"{100 * a:.2f}" for a in accs))
+            line = ", ".join(f"{100 * a:.2f}" for a in accs)
+            tqdm.write(f"{label[name]} seed {seed}: test accuracy {line}")
             if runs_dir is not None:
-                save_json({"key": key, "accuracy": accs}, _run_file(runs_dir, name, seed))
-            results.append((name, seed, accs))
+                save_json({"key": key, "accuracy": accs}, _run_file(runs_dir, label[name], seed))
+            results.append((label[name], seed, accs))
     results = gather_object(results) if accelerator.num_processes > 1 else results
 
     report = EvalReport(
@@ -219,7 +250,7 @@ def evaluate_export(
         epochs=[p.epochs for p in plans],
     )
     for name in model_names:
-        report.accuracies[name] = {}
+        report.accuracies[label[name]] = {}
     for name, seed, accs in results:
         report.accuracies[name][seed] = accs
     return report

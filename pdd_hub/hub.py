@@ -24,7 +24,7 @@ import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,6 +32,9 @@ from safetensors.torch import load_file, save_file
 from pdd_hub.data.transforms import Preprocess
 from pdd_hub.errors import ExportFormatError, ExportNotFoundError, HubPushError
 from pdd_hub.io import tensors_sha256
+
+if TYPE_CHECKING:
+    from pdd_hub.train import TrainingRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ class StageSpec:
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_schedule: str = "step_at_half"  # lr x 0.1 after half of the stage's epochs
+    lr_schedule: str = "step_at_half"  # see pdd_hub.train.LR_SCHEDULES
+    stored_ipc: int | None = None  # images per class the method stored (IDC: ipc / factor**2)
     sha256: str | None = None  # of the stage's float32 images and int64 labels, set on export
 
     @classmethod
@@ -81,6 +85,7 @@ class Schedule:
     distill_model: str = "unknown"
     source: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)  # how stored images decode into the exported
     config: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -105,6 +110,7 @@ class Schedule:
             "image_shape",
             "preprocess",
             "training",
+            "storage",
             "stages",
             "config",
         ]
@@ -133,6 +139,7 @@ class Schedule:
             distill_model=data.get("distill_model", "unknown"),
             source=data.get("source", {}),
             training=data.get("training", {}),
+            storage=data.get("storage", {}),
             config=data.get("config", {}),
             format_version=version,
         )
@@ -164,6 +171,52 @@ class PDDDataset:
         """Images and labels of stages ``1..upto`` concatenated in stage order."""
         chosen = self.stages[:upto]
         return torch.cat([s.images for s in chosen]), torch.cat([s.labels for s in chosen])
+
+
+def build_schedule(
+    *,
+    ipcs: list[int],
+    lrs: list[float],
+    recipe: TrainingRecipe,
+    class_names: list[str],
+    image_shape: tuple[int, int, int],
+    preprocess: Preprocess,
+    source: dict[str, Any],
+    method: str,
+    distill_model: str,
+    config: dict[str, Any],
+    storage: dict[str, Any] | None = None,
+) -> Schedule:
+    """The schedule of an export whose stage k holds ``ipcs[k]`` images per class, trained with
+    ``lrs[k]`` and ``recipe``; ``storage`` (with an ``expansion``) says how many stored images
+    made them (IDC's multi-formation). The one way schedules are made."""
+    expansion = int((storage or {}).get("expansion", 1))
+    stages = [
+        StageSpec(
+            split=stage_split_name(k),
+            ipc=ipc,
+            lr=float(lr),
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            lr_schedule=recipe.lr_schedule,
+            stored_ipc=ipc // expansion,
+        )
+        for k, (ipc, lr) in enumerate(zip(ipcs, lrs, strict=True), start=1)
+    ]
+    return Schedule(
+        stages=stages,
+        class_names=list(class_names),
+        image_shape=tuple(image_shape),
+        preprocess=preprocess.to_config(),
+        method=method,
+        distill_model=distill_model,
+        source=source,
+        training={**recipe.training_dict(), "mode": "progressive"},
+        storage=storage or {"kind": "images", "expansion": 1},
+        config=config,
+    )
 
 
 def stage_split_name(index: int) -> str:

@@ -1,15 +1,18 @@
-"""What the thin scripts in recipes/ share: config parsing, the Accelerator, clean error reporting."""
+"""What the thin scripts in recipes/ and ``pdd-hub distill`` share: config parsing, CPU threads, the
+Accelerator, clean error reporting, and the distillation job itself."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from accelerate import Accelerator, PartialState
 
 from pdd_hub.config import PDDConfig, parse_recipe_args
-from pdd_hub.errors import PDDError
+from pdd_hub.errors import ConfigError, PDDError
+from pdd_hub.threads import configure_threads
 
 
 def build_accelerator(config: PDDConfig) -> Accelerator:
@@ -19,18 +22,49 @@ def build_accelerator(config: PDDConfig) -> Accelerator:
     return Accelerator(log_with=config.tracker, project_dir=f"{config.output_dir}/logs")
 
 
-def recipe_main(argv: list[str], job: Callable[[PDDConfig], None]) -> int:
-    """Parse ``--config FILE key=value ...`` and run ``job``; user errors print one paragraph."""
+def distill(config: PDDConfig) -> Path:
+    """Run PDD with the config's base method; the main process prints where the export is."""
+    from pdd_hub.progressive import run_pdd
+
+    accelerator = build_accelerator(config)
+    dataset = run_pdd(config, accelerator)
+    if accelerator.is_main_process:
+        print(
+            f"\nexport: {dataset}\nevaluate it with:\n  pdd-hub eval {dataset} --real {config.dataset} "
+            f"--model {config.model} --seeds 3 --baseline random"
+        )
+    return dataset
+
+
+def only_method(name: str, job: Callable[[PDDConfig], object]) -> Callable[[PDDConfig], object]:
+    """``job``, refusing configs of another method (for recipes named after one, e.g. pdd_mtt.py)."""
+
+    def checked(config: PDDConfig) -> object:
+        if config.method != name:
+            raise ConfigError(
+                f"this recipe runs method {name!r} but the config says method {config.method!r}; "
+                "run it with recipes/distill.py or `pdd-hub distill`, which take any method"
+            )
+        return job(config)
+
+    return checked
+
+
+def recipe_main(argv: list[str], job: Callable[[PDDConfig], object]) -> int:
+    """Parse ``--config NAME_OR_FILE key=value ...``, set the CPU threads and run ``job``; user errors
+    print one paragraph and exit with status 2."""
     main_process = PartialState().is_main_process  # other processes log warnings only
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
+        force=True,
     )
     for noisy in ("datasets", "huggingface_hub", "accelerate", "fsspec", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = parse_recipe_args(argv)
+        configure_threads(config.num_threads)
         job(config)
     except PDDError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,14 +1,17 @@
-"""The plumbing of a distillation run: its folder, data on the device, finished stages, export.
+"""The plumbing of a distillation run: its folder (the one owner of its layout), the data on the device,
+finished stages, start states and the export.
 
 <output_dir>/
   config.yaml                  the resolved config (a re-run must use the same one)
   preprocess.json/.safetensors the preprocessing fitted on train (reused on resume)
   start_states/stage_K.safetensors   networks trained on stages 1..K-1 (the transition)
-  experts/stage_K/             the method's expert trajectories of stage K (MTT)
-  stages/stage_K.safetensors   the chosen images of finished stage K (+ lr, val acc)
+  experts/stage_K/             networks trained on real data from stage K's start states (MTT, IDC)
+  method/                      anything else a base method keeps
+  stages/stage_K.safetensors   the stored images of finished stage K (+ .json: lr, val acc, history)
   checkpoints/current/         the mid-stage checkpoint
-  grids/stage_K.png            each stage's images, written as it finishes
+  grids/stage_K.png            each stage's stored images, written as it finishes
   accuracy_per_stage.png       validation accuracy after each stage
+  logs/                        tracker logs (tensorboard)
   dataset/                     the Hub-layout export, rewritten after every finished stage
 """
 
@@ -17,30 +20,92 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from pdd_hub.augment import augment_spec, build_augment
+from pdd_hub.augment import build_augment
 from pdd_hub.checkpoint import StageCheckpoint
 from pdd_hub.config import PDDConfig, config_from_dict, flatten_config, save_config
 from pdd_hub.data import ImageSet, Preprocess, RealData, load_real_data
 from pdd_hub.errors import ConfigError, ModelNotFoundError
-from pdd_hub.hub import Schedule, StageSpec, export_pdd, stage_checksum, stage_split_name
+from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
 from pdd_hub.io import load_json, save_json, save_tensors
+from pdd_hub.methods.params import build_network, flat_params
 from pdd_hub.models import check_model_builds
+from pdd_hub.rng import stream, stream_seed
+from pdd_hub.train import TrainingRecipe
 from pdd_hub.viz import plot_accuracy_per_stage, save_image_grid
 
 logger = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what it computes.
-RESUMABLE_KEYS = {"output_dir", "progress", "log_every", "checkpoint_every", "tracker"}
+RESUMABLE_KEYS = {"output_dir", "progress", "log_every", "checkpoint_every", "tracker", "num_threads"}
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run folder."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def preprocess_files(self) -> tuple[Path, Path]:
+        return self.root / "preprocess.json", self.root / "preprocess.safetensors"
+
+    def start_states_file(self, stage: int) -> Path:
+        return self.root / "start_states" / f"stage_{stage}.safetensors"
+
+    def start_states_parts(self, stage: int) -> Path:
+        """Per-network results of an unfinished transition into ``stage``."""
+        return self.root / "start_states" / f"stage_{stage}.parts"
+
+    def experts_dir(self, stage: int) -> Path:
+        return self.root / "experts" / f"stage_{stage}"
+
+    @property
+    def method_dir(self) -> Path:
+        return self.root / "method"
+
+    def stage_file(self, stage: int) -> Path:
+        return self.root / "stages" / f"stage_{stage}.safetensors"
+
+    def stage_record(self, stage: int) -> Path:
+        return self.root / "stages" / f"stage_{stage}.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    def grid_file(self, stage: int) -> Path:
+        return self.root / "grids" / f"stage_{stage}.png"
+
+    @property
+    def accuracy_plot(self) -> Path:
+        return self.root / "accuracy_per_stage.png"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
 
 
 @dataclass
 class FinishedStage:
-    images: torch.Tensor  # preprocessed float32, on CPU
+    """A finished stage: what the method stored, what networks train on (decoded), its LR."""
+
+    stored: torch.Tensor  # float32, on CPU, in the preprocessed space
+    stored_labels: torch.Tensor
+    images: torch.Tensor  # decoded (IDC: expansion x as many as stored)
     labels: torch.Tensor
     lr: float
     val_acc: float
@@ -52,7 +117,7 @@ class Run:
     def __init__(self, config: PDDConfig, accelerator: Accelerator) -> None:
         self.config = config
         self.accelerator = accelerator
-        self.dir = Path(config.output_dir)
+        self.layout = RunLayout(Path(config.output_dir))
         self.device = accelerator.device
         self._check_or_write_config()
         with accelerator.main_process_first():  # one process decodes and caches, the others read
@@ -68,28 +133,16 @@ class Run:
         self._check_data_fits_config()  # before the (long) preprocessing fit
         self.preprocess = self._fit_or_load_preprocess()  # on the whole training split, as MTT does
         if config.train_per_class is not None:
-            generator = torch.Generator().manual_seed(config.seed)
-            keep = self.real.train.sample_per_class(config.train_per_class, generator).sort().values
-            self.real.train = self.real.train.subset(keep)
+            keep = self.real.train.sample_per_class(config.train_per_class, stream(config.seed, "subset"))
+            self.real.train = self.real.train.subset(keep.sort().values)
         self.train = self._on_device(self.real.train)
         self.val = self._on_device(self.real.val)
         self.augment = build_augment(config.augment)
-        self.checkpoint = StageCheckpoint(self.dir / "checkpoints", accelerator)
+        self.checkpoint = StageCheckpoint(self.layout.checkpoints_dir, accelerator)
 
-    def _check_data_fits_config(self) -> None:
-        cfg = self.config
-        try:
-            check_model_builds(cfg.model, self.num_classes, self.image_shape)
-        except ModelNotFoundError as exc:
-            raise ConfigError(f"config key 'model': {exc}") from exc
-        fewest = min(self.real.train.class_counts())
-        if cfg.train_per_class is not None:
-            fewest = min(fewest, cfg.train_per_class)
-        if cfg.init == "real" and fewest < cfg.ipc_per_stage:
-            raise ConfigError(
-                f"config key 'ipc_per_stage' = {cfg.ipc_per_stage} needs that many real training images of "
-                f"every class, but one class has only {fewest} (after val_per_class / train_per_class)"
-            )
+    @property
+    def dir(self) -> Path:
+        return self.layout.root
 
     @property
     def num_classes(self) -> int:
@@ -101,11 +154,42 @@ class Run:
 
     @property
     def dataset_dir(self) -> Path:
-        return self.dir / "dataset"
+        return self.layout.dataset_dir
+
+    def fewest_per_class(self) -> int:
+        """Training examples of the smallest class (after ``train_per_class``)."""
+        fewest = min(self.real.train.class_counts())
+        cap = self.config.train_per_class
+        return fewest if cap is None else min(fewest, cap)
 
     # --- set-up ---------------------------------------------------------------------------------
+    def _check_data_fits_config(self) -> None:
+        cfg, section = self.config, self.config.method_config
+        try:
+            check_model_builds(cfg.model, self.num_classes, self.image_shape)
+        except ModelNotFoundError as exc:
+            raise ConfigError(f"config key 'model': {exc}") from exc
+        check_data = getattr(section, "check_data", None)  # e.g. IDC: the factor divides the image size
+        if check_data is not None:
+            check_data(self.image_shape)
+        expansion = getattr(section, "expansion", 1)
+        needed, fewest = cfg.ipc_per_stage * expansion, self.fewest_per_class()
+        if needed > fewest:
+            what = (
+                f"{needed} real training images"
+                if expansion == 1
+                else (
+                    f"{cfg.ipc_per_stage} x {expansion} = {needed} real training images ({cfg.method} packs "
+                    f"{expansion} into each stored image)"
+                )
+            )
+            raise ConfigError(
+                f"config key 'ipc_per_stage' = {cfg.ipc_per_stage} needs {what} of every class, but one "
+                f"class has only {fewest} (after val_per_class / train_per_class): lower ipc_per_stage"
+            )
+
     def _check_or_write_config(self) -> None:
-        path = self.dir / "config.yaml"
+        path = self.layout.config_file
         if path.exists():
             import yaml
 
@@ -133,7 +217,7 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def _fit_or_load_preprocess(self) -> Preprocess:
-        json_path, tensor_path = self.dir / "preprocess.json", self.dir / "preprocess.safetensors"
+        json_path, tensor_path = self.layout.preprocess_files
         if self.exists_on_all(json_path):
             tensors = load_file(str(tensor_path)) if tensor_path.exists() else {}
             return Preprocess.from_config(load_json(json_path), tensors)
@@ -162,64 +246,75 @@ class Run:
         images = self.preprocess.apply_all(data.images.to(self.device))
         return ImageSet(images, data.labels.to(self.device), data.class_names)
 
-    # --- finished stages -----------------------------------------------------------------------
-    def stage_file(self, stage: int) -> Path:
-        return self.dir / "stages" / f"stage_{stage}.safetensors"
+    # --- start states -----------------------------------------------------------------------------
+    def initial_start_states(self, count: int) -> torch.Tensor:
+        """Stage 1 starts from ``count`` seeded random initialisations of the distillation network."""
+        path = self.layout.start_states_file(1)
+        if self.exists_on_all(path):
+            states = load_file(str(path))["states"]
+            if len(states) == count:
+                return states
+            self.accelerator.wait_for_everyone()
+        states = torch.stack([self.random_network_state(("start_state", i)) for i in range(count)])
+        if self.accelerator.is_main_process:
+            save_tensors({"states": states}, path)
+        self.accelerator.wait_for_everyone()
+        return states
 
-    def load_finished(self, stage: int) -> FinishedStage | None:
-        path = self.stage_file(stage)
+    def random_network_state(self, name: tuple) -> torch.Tensor:
+        """Flat parameters of a random initialisation of the run's network, from stream ``name``."""
+        network = build_network(
+            self.config.model, self.num_classes, self.image_shape, seed=stream_seed(self.config.seed, *name)
+        )
+        return flat_params(network)
+
+    # --- finished stages -----------------------------------------------------------------------
+    def load_finished(self, stage: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
+        """``(stored images, labels, record)`` of finished stage ``stage``, or ``None``."""
+        path = self.layout.stage_file(stage)
         if not path.exists():
             return None
         tensors = load_file(str(path))
-        meta = load_json(path.with_suffix(".json"))
-        return FinishedStage(tensors["images"], tensors["labels"], meta["lr"], meta["val_acc"])
+        return tensors["images"], tensors["labels"], load_json(self.layout.stage_record(stage))
 
     def save_finished(self, stage: int, finished: FinishedStage, history: list[dict]) -> None:
-        """Keep stage ``stage`` (images, labels, learned LR, validation history) and draw its grid."""
+        """Keep stage ``stage`` (stored images, labels, learned LR, validation history), draw its grid."""
         if not self.accelerator.is_main_process:
             return
-        save_json(
-            {"lr": finished.lr, "val_acc": finished.val_acc, "history": history},
-            self.stage_file(stage).with_suffix(".json"),
+        record = {"lr": finished.lr, "val_acc": finished.val_acc, "history": history}
+        save_json(record, self.layout.stage_record(stage))
+        save_tensors(
+            {"images": finished.stored, "labels": finished.stored_labels}, self.layout.stage_file(stage)
         )
-        save_tensors({"images": finished.images, "labels": finished.labels}, self.stage_file(stage))
         save_image_grid(
-            self.preprocess.inverse(finished.images),
-            finished.labels,
+            self.preprocess.inverse(finished.stored),
+            finished.stored_labels,
             self.num_classes,
-            self.dir / "grids" / f"stage_{stage}.png",
+            self.layout.grid_file(stage),
         )
 
-    def export(self, finished: list[FinishedStage]) -> Path:
+    def export(self, finished: list[FinishedStage], recipe: TrainingRecipe, storage: dict) -> Path:
         """Write ``dataset/`` (atomically) with the finished stages, in the Hub format, unless it
         already holds exactly them (a resumed run does not rewrite an export that is current)."""
         cfg = self.config
-        specs = [
-            StageSpec(
-                split=stage_split_name(k),
-                ipc=cfg.ipc_per_stage,
-                lr=f.lr,
-                epochs=cfg.train_epochs_per_stage,
-                batch_size=cfg.train_batch_size,
-            )
-            for k, f in enumerate(finished, start=1)
-        ]
-        schedule = Schedule(
-            stages=specs,
+        schedule = build_schedule(
+            ipcs=[len(f.labels) // self.num_classes for f in finished],
+            lrs=[f.lr for f in finished],
+            recipe=recipe,
             class_names=self.real.class_names,
             image_shape=self.image_shape,
-            preprocess=self.preprocess.to_config(),
+            preprocess=self.preprocess,
+            source=self.real.source.to_dict(),
             method=cfg.method,
             distill_model=cfg.model,
-            source=self.real.source.to_dict(),
-            training={"augment": augment_spec(self.augment), "mode": "progressive"},
             config=cfg.to_dict(),
+            storage=storage,
         )
         if self.accelerator.is_main_process and not self.export_is_current(finished):
             export_pdd(self.dataset_dir, schedule, [(f.images, f.labels) for f in finished], self.preprocess)
             plot_accuracy_per_stage(
                 {f"{cfg.model} (val)": [(f.val_acc, 0.0) for f in finished]},
-                self.dir / "accuracy_per_stage.png",
+                self.layout.accuracy_plot,
                 title=f"PDD + {cfg.method.upper()}: validation accuracy",
             )
         self.accelerator.wait_for_everyone()
@@ -232,7 +327,3 @@ class Run:
             return False
         exported = [s.get("sha256") for s in load_json(schedule)["stages"]]
         return exported == [stage_checksum(f.images, f.labels) for f in finished]
-
-    # --- start states (the transition's output) -------------------------------------------------
-    def start_states_file(self, stage: int) -> Path:
-        return self.dir / "start_states" / f"stage_{stage}.safetensors"

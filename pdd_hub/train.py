@@ -1,26 +1,72 @@
 """Training any model on a sequence of synthetic stages, the way PDD prescribes, and evaluating it.
 
 ``progressive``: stage_1, then stage_1 ∪ stage_2, ... (the PDD protocol); ``sequential``: each stage
-alone, in order; ``union``: all stages at once. Each stage trains with its own learned LR and epochs,
-SGD (momentum 0.9, weight decay 5e-4), LR x 0.1 after half of the stage, DSA on every minibatch.
-One optimiser lives across stages, so its momentum carries over, as in the official evaluation.
-The synthetic set is tiny, so it stays on the device: minibatches are index slices, no DataLoader.
+alone, in order; ``union``: all stages at once. Each stage trains with its own LR and epochs and the
+recipe of the method that made it (:class:`TrainingRecipe`: SGD with momentum 0.9 and weight decay
+5e-4, the LR schedule restarted at every stage, DSA and, for IDC, CutMix on every minibatch). One
+optimiser lives across stages, so its momentum carries over, as in the official evaluations. The
+synthetic set is tiny, so it stays on the device: minibatches are index slices, no DataLoader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pdd_hub.augment import DSA
+from pdd_hub.augment import DSA, CutMix, build_augment
 from pdd_hub.hub import PDDDataset
 
 MODES = ("progressive", "sequential", "union")
+# step_at_half: LR x 0.1 after half of a stage's epochs (DC, DSA, DM, MTT, PDD);
+# steps_at_2/3_5/6_x0.2: LR x 0.2 at 2/3 and again at 5/6 of them (IDC's MultiStepLR)
+LR_SCHEDULES = ("step_at_half", "steps_at_2/3_5/6_x0.2")
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How networks train on a method's images; written into ``pdd_schedule.json`` (stage entries and
+    ``training``) so that any user, and ``pdd-hub eval``, trains each export the way its method says."""
+
+    lr: float = 0.01  # used where the method learns no LR
+    epochs: int = 500
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "step_at_half"
+    augment: str = "dsa"
+    cutmix_prob: float = 0.0
+    cutmix_beta: float = 1.0
+
+    def training_dict(self) -> dict[str, Any]:
+        """The schedule's ``training`` entry: augmentation and CutMix (``None`` when off)."""
+        cutmix = {"prob": self.cutmix_prob, "beta": self.cutmix_beta} if self.cutmix_prob > 0 else None
+        return {"augment": self.augment, "cutmix": cutmix}
+
+    def augmentations(self) -> tuple[DSA | None, CutMix | None]:
+        """The DSA and CutMix to train with."""
+        return recipe_augmentations(self.training_dict())
+
+
+def recipe_augmentations(training: dict[str, Any]) -> tuple[DSA | None, CutMix | None]:
+    """The DSA and CutMix of a schedule's ``training`` entry."""
+    cutmix = training.get("cutmix")
+    return build_augment(training.get("augment", "dsa")), CutMix(**cutmix) if cutmix else None
+
+
+def lr_at(schedule: str, lr: float, epoch: int, epochs: int) -> float:
+    """The LR of ``epoch`` (0-based) of a stage of ``epochs`` epochs under ``schedule``."""
+    if schedule == "step_at_half":
+        return lr if epoch < epochs // 2 else lr * 0.1
+    if schedule == "steps_at_2/3_5/6_x0.2":
+        passed = sum(epoch >= milestone for milestone in (2 * epochs // 3, 5 * epochs // 6))
+        return lr * 0.2**passed
+    raise ValueError(f"unknown lr_schedule {schedule!r}; use one of {list(LR_SCHEDULES)}")
 
 
 @dataclass
@@ -35,6 +81,23 @@ class StagePlan:
     batch_size: int = 256
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_schedule: str = "step_at_half"
+
+    @classmethod
+    def from_recipe(
+        cls, name: str, images: torch.Tensor, labels: torch.Tensor, recipe: TrainingRecipe, **changes: Any
+    ) -> StagePlan:
+        """A phase trained with ``recipe`` (``changes`` override its LR, epochs, ...)."""
+        settings = {
+            "lr": recipe.lr,
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "momentum": recipe.momentum,
+            "weight_decay": recipe.weight_decay,
+            "lr_schedule": recipe.lr_schedule,
+            **changes,
+        }
+        return cls(name, images, labels, **settings)
 
 
 def plan_stages(
@@ -47,21 +110,13 @@ def plan_stages(
         raise ValueError(f"unknown training mode {mode!r}; use one of {list(MODES)}")
     plans = []
     specs = pdd.schedule.stages
-    if mode == "union":
-        images, labels = pdd.union(len(specs))
-        indices = [len(specs)]
-    else:
-        indices = list(range(1, len(specs) + 1))
-    for k in indices:
+    for k in [len(specs)] if mode == "union" else range(1, len(specs) + 1):
         spec = specs[k - 1]
-        if mode == "progressive":
-            images, labels = pdd.union(k)
-            name = specs[0].split if k == 1 else f"{specs[0].split}..{k}"
-        elif mode == "sequential":
-            images, labels = pdd.stages[k - 1].images, pdd.stages[k - 1].labels
-            name = spec.split
+        if mode == "sequential":
+            images, labels, name = pdd.stages[k - 1].images, pdd.stages[k - 1].labels, spec.split
         else:
-            name = "union"
+            images, labels = pdd.union(k)
+            name = "union" if mode == "union" else (specs[0].split if k == 1 else f"{specs[0].split}..{k}")
         plans.append(
             StagePlan(
                 name=name,
@@ -72,6 +127,7 @@ def plan_stages(
                 batch_size=spec.batch_size,
                 momentum=spec.momentum,
                 weight_decay=spec.weight_decay,
+                lr_schedule=spec.lr_schedule,
             )
         )
     return plans
@@ -83,6 +139,7 @@ def train_stages(
     *,
     augment: DSA | None,
     generator: torch.Generator,
+    cutmix: CutMix | None = None,
     after_stage: Callable[[int, nn.Module], None] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     progress: bool = False,
@@ -90,25 +147,23 @@ def train_stages(
 ) -> torch.optim.Optimizer:
     """Train ``model`` (already on its device) through ``plans`` with one SGD optimiser whose state
     carries across stages; ``after_stage(k, model)`` runs after each. Returns the optimiser so a
-    caller can continue training with its momentum (the transition does)."""
+    caller can continue training with its momentum."""
     device = next(model.parameters()).device
     if optimizer is None:
         first = plans[0]
         optimizer = torch.optim.SGD(
             model.parameters(), lr=first.lr, momentum=first.momentum, weight_decay=first.weight_decay
         )
-    total_epochs = sum(p.epochs for p in plans)
-    bar = tqdm(total=total_epochs, desc=description, disable=not progress, leave=False)
+    bar = tqdm(total=sum(p.epochs for p in plans), desc=description, disable=not progress, leave=False)
     for k, plan in enumerate(plans):
         images, labels = plan.images.to(device), plan.labels.to(device)
         model.train()
         for epoch in range(plan.epochs):
-            lr = plan.lr if epoch < plan.epochs // 2 else plan.lr * 0.1
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr_at(plan.lr_schedule, plan.lr, epoch, plan.epochs)
                 group["momentum"] = plan.momentum
                 group["weight_decay"] = plan.weight_decay
-            train_epoch(model, optimizer, images, labels, plan.batch_size, augment, generator)
+            train_epoch(model, optimizer, images, labels, plan.batch_size, augment, generator, cutmix)
             bar.update(1)
         if after_stage is not None:
             after_stage(k, model)
@@ -124,21 +179,39 @@ def train_epoch(
     batch_size: int,
     augment: DSA | None,
     generator: torch.Generator,
+    cutmix: CutMix | None = None,
 ) -> float:
     """One pass over ``images`` in shuffled minibatches; returns the mean loss."""
     order = torch.randperm(len(images), generator=generator).to(images.device)
     total = 0.0
     for start in range(0, len(images), batch_size):
         idx = order[start : start + batch_size]
-        x, y = images[idx], labels[idx]
-        if augment is not None:
-            x = augment(x, generator)
-        loss = F.cross_entropy(model(x), y)
+        loss = minibatch_loss(model, images[idx], labels[idx], augment, generator, cutmix)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(idx)
     return total / len(images)
+
+
+def minibatch_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    augment: DSA | None,
+    generator: torch.Generator,
+    cutmix: CutMix | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of one augmented minibatch (DSA per example, then CutMix with mixed labels)."""
+    if augment is not None:
+        x = augment(x, generator)
+    if cutmix is None:
+        return F.cross_entropy(model(x), y)
+    x, partner, weight = cutmix(x, y, generator)
+    logits = model(x)
+    if weight == 1.0:
+        return F.cross_entropy(logits, y)
+    return weight * F.cross_entropy(logits, y) + (1 - weight) * F.cross_entropy(logits, partner)
 
 
 @torch.no_grad()

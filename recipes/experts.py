@@ -1,25 +1,21 @@
-"""Train the stage-1 expert trajectories of a run on their own (e.g. on more processes first).
+"""Prepare stage 1 of a run on its own (MTT: train the stage-1 expert trajectories), e.g. on more
+processes first.
 
     accelerate launch recipes/experts.py --config recipes/configs/cifar10_ipc10.yaml [key=value ...]
 
-They land in <output_dir>/experts/stage_1, where recipes/pdd_mtt.py finds and reuses them.
+What it makes lands in <output_dir> (MTT: experts/stage_1), where the distillation finds and reuses it.
 """
 
 import sys
 
-from pdd_hub.progressive import train_stage1_experts
-from pdd_hub.recipe import build_accelerator, recipe_main
+from pdd_hub.progressive import prepare_first_stage
+from pdd_hub.recipe import recipe_main
 
 
-def main(argv: list[str]) -> int:
-    def job(config) -> None:
-        accelerator = build_accelerator(config)
-        experts = train_stage1_experts(config, accelerator)
-        if accelerator.is_main_process:
-            print(f"{len(experts)} experts of {experts.epochs} epochs in {experts.directory}")
-
-    return recipe_main(argv, job)
+def job(config) -> None:
+    folder = prepare_first_stage(config)
+    print(f"stage 1 of method {config.method} prepared in {folder}")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(recipe_main(sys.argv[1:], job))

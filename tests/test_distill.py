@@ -15,6 +15,7 @@ from pdd_hub.distill import distill_stage
 from pdd_hub.errors import ConfigError
 from pdd_hub.io import load_json, save_json
 from pdd_hub.methods.base import Distiller, StageContext
+from pdd_hub.run import RunLayout
 
 
 class Quadratic(Distiller):
@@ -73,10 +74,10 @@ def setting(tmp_path: Path, iterations: int = 6, nan_at: tuple[int, ...] = ()):
         start_states_stage=2,
         model_name="convnet_d1",
         augment=None,
-        generator=torch.Generator().manual_seed(0),
         accelerator=accelerator,
-        work_dir=tmp_path,
+        layout=RunLayout(tmp_path),
         seed=0,
+        generator=torch.Generator().manual_seed(0),
         progress=False,
     )
     return config, ctx, Quadratic(target, nan_at), frozen

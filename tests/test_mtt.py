@@ -10,9 +10,9 @@ from accelerate import Accelerator
 from torch import nn
 
 from pdd_hub.augment import DSA
-from pdd_hub.config import ExpertConfig, MTTConfig
+from pdd_hub.config import ExpertConfig, PDDConfig
 from pdd_hub.methods.experts import ExpertSet, train_experts, train_one_expert
-from pdd_hub.methods.mtt import MTT
+from pdd_hub.methods.mtt import MTT, MTTConfig
 from pdd_hub.methods.params import build_network, flat_params, load_flat_params, unflatten
 
 
@@ -130,7 +130,7 @@ def tiny_mtt(syn_steps: int = 3, batch_syn: int = 2) -> MTT:
     config = MTTConfig(
         syn_steps=syn_steps, batch_syn=batch_syn, expert_epochs=1, max_start_epoch=1, lr_init=0.3
     )
-    mtt = MTT(config, ExpertConfig(), num_classes=3, image_shape=(1, 2, 2))
+    mtt = MTT(config, PDDConfig(), num_classes=3, image_shape=(1, 2, 2))
     mtt.match([torch.randn(2, 15)], TinyNet(), augment=None, generator=torch.Generator(), batch_syn=batch_syn)
     return mtt
 
@@ -192,7 +192,7 @@ def test_learned_lr_is_kept_positive():
     mtt.config.lr_min = 1e-6
     with torch.no_grad():
         mtt.syn_lr.fill_(-0.5)
-    mtt.after_step()
+    mtt.after_step(torch.zeros(1))
     assert mtt.stage_lr() == torch.tensor(1e-6).item()
     assert mtt.param_groups()[0]["params"][0] is mtt.syn_lr
 

@@ -19,6 +19,7 @@ from pdd_hub.methods.experts import ExpertSet
 from pdd_hub.methods.mtt import MTT
 from pdd_hub.methods.params import build_network, load_flat_params
 from pdd_hub.progressive import run_pdd
+from pdd_hub.rng import stream
 from pdd_hub.train import StagePlan, train_stages
 
 TINY = {
@@ -110,7 +111,7 @@ def test_the_transition_starts_stage_2_from_networks_trained_on_stage_1(finished
             model,
             [plan],
             augment=run.augment,
-            generator=torch.Generator().manual_seed(config.seed * 524_287 + 2 * 131 + i),
+            generator=stream(config.seed, "transition", 2, i),
         )
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 

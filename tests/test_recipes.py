@@ -61,6 +61,7 @@ def test_two_processes_produce_the_same_export_format(tmp_path):
         "image_shape",
         "preprocess",
         "training",
+        "storage",
         "stages",
         "config",
     }

@@ -1,24 +1,23 @@
-"""Base distillation methods behind one interface (:class:`Distiller`), and expert trajectories."""
+"""Base distillation methods, one file each, registered by name with their config dataclass.
+
+Every module of this package is imported here, so a new method is one new file with a
+``@register_method("name", NameConfig)`` class; methods of other packages register through the
+``pdd_hub.methods`` entry-point group. :func:`build_distiller` builds the one a config names.
+"""
 
 from __future__ import annotations
 
 from pdd_hub.config import PDDConfig
-from pdd_hub.methods.base import Distiller, StageContext
-from pdd_hub.methods.mtt import MTT
+from pdd_hub.registry import METHODS, import_submodules
 
-METHODS = ("mtt",)
+import_submodules(__name__, __path__)
 
-__all__ = ["METHODS", "MTT", "Distiller", "StageContext", "build_distiller"]
+from pdd_hub.methods.base import Distiller, StageContext  # noqa: E402
+
+__all__ = ["METHODS", "Distiller", "StageContext", "build_distiller"]
 
 
 def build_distiller(config: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]) -> Distiller:
-    """The base method named by ``config.method``."""
-    if config.method == "mtt":
-        return MTT(
-            config.mtt,
-            config.experts,
-            num_classes,
-            image_shape,
-            track_forgetting=config.forgetting.mode != "off",
-        )
-    raise ValueError(f"unknown method {config.method!r}; available: {list(METHODS)}")
+    """The base method ``config.method``, built from its section of the config."""
+    entry = METHODS.get(config.method)
+    return entry.cls(config.method_config, config, num_classes, image_shape)

@@ -1,25 +1,37 @@
 """The one interface between the PDD stage loop and a base distillation method.
 
-The driver (:mod:`pdd_hub.progressive`) owns the synthetic set (frozen earlier stages + the new,
-trainable part), its optimiser, checkpoints, selection and export. A method only says how good
-the current union is (:meth:`Distiller.loss`), what it needs before a stage starts
-(:meth:`Distiller.begin_stage`, e.g. MTT's expert trajectories) and which extra tensors it learns
-(:meth:`Distiller.param_groups`, e.g. MTT's learning rate). Conditioning is therefore a property of
-the driver: earlier stages are detached and never in the optimiser, whatever the method.
+The driver (:mod:`pdd_hub.progressive`, :mod:`pdd_hub.distill`) owns the synthetic set (frozen
+earlier stages + the new, trainable part), its optimiser, checkpoints, selection and export. A method
+says how good the current union is (:meth:`Distiller.loss`), what it needs before a stage starts
+(:meth:`Distiller.begin_stage`: MTT's expert trajectories, IDC's pretrained networks), which extra
+tensors it learns (:meth:`Distiller.param_groups`: MTT's learning rate), how its stored images become
+the images networks train on (:meth:`Distiller.decode`: IDC's multi-formation) and how networks
+train on them (:meth:`Distiller.training_recipe`). Conditioning is a property of the driver: earlier
+stages are detached and never in the optimiser, whatever the method.
+
+A method registers itself with its config dataclass and is built as
+``cls(method_config, run_config, num_classes, image_shape)``::
+
+    @register_method("dm", DMConfig)
+    class DM(Distiller): ...
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-from pdd_hub.augment import DSA
+from pdd_hub.augment import DSA, augment_spec, build_augment
+from pdd_hub.config import PDDConfig
 from pdd_hub.data.images import ImageSet
+from pdd_hub.data.transforms import Preprocess
+from pdd_hub.methods.params import build_network, flat_params
+from pdd_hub.rng import Name, stream, stream_seed
+from pdd_hub.train import TrainingRecipe
 
 
 @dataclass
@@ -28,25 +40,59 @@ class StageContext:
 
     stage: int
     num_stages: int
-    ipc: int  # new images per class in this stage
+    ipc: int  # images per class this stage stores
     real: ImageSet  # preprocessed float training images on the device
     pool: torch.Tensor  # indices into ``real`` this stage may learn from (forgetting bands)
     start_states: torch.Tensor  # [n, P] flat parameters of networks trained on stages 1..k-1
     start_states_stage: int  # the stage these start states were made for (1: no transition yet)
     model_name: str
-    augment: DSA | None
-    generator: torch.Generator  # this process's stream of randomness
+    augment: DSA | None  # the run's training augmentation
     accelerator: Accelerator
-    work_dir: Path  # where the method may keep files for this run (e.g. experts/)
+    layout: Any  # the run folder's layout (pdd_hub.run.RunLayout): where a method keeps its files
     seed: int
+    generator: torch.Generator  # this process's stream of the stage, for the loss's draws
+    preprocess: Preprocess | None = None  # how real pixels became ``real`` (e.g. for clamping)
     progress: bool = True
+
+    def stream(self, *name: Name) -> torch.Generator:
+        """A named random stream of this stage (and process), e.g. ``ctx.stream("network", 3)``."""
+        return stream(self.seed, *self._prefix(), *name)
+
+    def _prefix(self) -> tuple[Name, ...]:
+        return ("stage", self.stage, "process", self.accelerator.process_index)
+
+    def network_state(self, draw: int) -> torch.Tensor:
+        """Flat parameters of the ``draw``-th network this stage's loss uses: a fresh random
+        initialisation while there has been no transition (stage 1, as the base methods draw a new
+        network each time), else one of the start states, trained on stages 1..k-1, at random."""
+        if self.start_states_stage == 1:
+            seed = stream_seed(self.seed, *self._prefix(), "network", draw)
+            network = build_network(self.model_name, self.real.num_classes, self.real.image_shape, seed=seed)
+            return flat_params(network)
+        index = int(torch.randint(len(self.start_states), (), generator=self.stream("network", draw)))
+        return self.start_states[index]
+
+    def pool_by_class(self, num_classes: int) -> list[torch.Tensor]:
+        """The pool's indices into ``real``, split by class."""
+        labels = self.real.labels[self.pool.to(self.real.labels.device)].cpu()
+        pool = self.pool.cpu()
+        return [pool[labels == c] for c in range(num_classes)]
 
 
 class Distiller(ABC):
-    """A base method as seen by the progressive driver (MTT now; gradient and distribution
-    matching methods plug in the same way)."""
+    """A base method as seen by the progressive driver."""
 
     name: str = "base"
+    expansion: int = 1  # images a stored image decodes into (IDC: factor**2)
+    num_start_states: int = 1  # networks a stage starts from (trained on stages 1..k-1 in PDD)
+
+    def __init__(
+        self, config: Any, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]
+    ) -> None:
+        self.config = config  # the method's own section
+        self.run = run
+        self.num_classes = num_classes
+        self.image_shape = image_shape
 
     @abstractmethod
     def begin_stage(self, ctx: StageContext) -> None:
@@ -54,9 +100,33 @@ class Distiller(ABC):
 
     @abstractmethod
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The distillation loss of the synthetic union ``images`` (earlier stages first, detached;
-        the new part requires grad). Its gradient moves the new images and :meth:`param_groups`."""
+        """The distillation loss of the (decoded) synthetic union ``images``: earlier stages first,
+        detached; the new part requires grad. Its gradient moves the new images and
+        :meth:`param_groups`."""
 
+    def begin_stage_stand_in(self, ctx: StageContext) -> None:
+        """Prepare a stage with stand-ins for expensive resources whose values do not change the cost
+        of :meth:`loss` (benchmarks time iterations without training experts)."""
+        self.begin_stage(ctx)
+
+    # --- storage: what the optimiser moves vs what networks train on ---------------------------
+    def encode(self, real: torch.Tensor) -> torch.Tensor:
+        """Initial stored images from ``expansion`` x as many real images (consecutive groups)."""
+        return real
+
+    def decode(self, stored: torch.Tensor) -> torch.Tensor:
+        """The images networks train on, ``expansion`` per stored image, in order; differentiable."""
+        return stored
+
+    def decode_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels of :meth:`decode`'s output."""
+        return labels.repeat_interleave(self.expansion)
+
+    def storage(self) -> dict[str, Any]:
+        """How stored images relate to the exported ones (written into ``pdd_schedule.json``)."""
+        return {"kind": "images", "expansion": self.expansion}
+
+    # --- optimisation ---------------------------------------------------------------------------
     def image_optimizer(self) -> dict[str, float]:
         """SGD settings (``lr``, ``momentum``) for the new images."""
         return {"lr": 1.0, "momentum": 0.5}
@@ -65,13 +135,25 @@ class Distiller(ABC):
         """Extra learnable tensors with their optimiser settings (SGD param groups)."""
         return []
 
-    def after_step(self) -> None:  # noqa: B027 (optional hook, a no-op by default)
-        """Called after each optimiser step (projections, e.g. keeping a learned LR positive)."""
+    def after_step(self, images: torch.Tensor) -> None:  # noqa: B027 (optional hook, a no-op by default)
+        """Called after each optimiser step with the stored new images, for projections (MTT keeps
+        its learned LR positive, IDC clamps the images to the pixel range); in place, no grad."""
+
+    # --- what the result is trained with ------------------------------------------------------
+    def training_recipe(self) -> TrainingRecipe:
+        """How networks train on this method's images (validation, transitions, the export): by
+        default the run's ``augment``, ``train_epochs_per_stage`` and ``train_batch_size``."""
+        return TrainingRecipe(
+            augment=augment_spec(build_augment(self.run.augment)),
+            epochs=self.run.train_epochs_per_stage,
+            batch_size=self.run.train_batch_size,
+        )
 
     def stage_lr(self) -> float | None:
         """The training LR this method learned for the current stage, if any."""
         return None
 
+    # --- resumption and logging ---------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors needed to resume mid-stage (saved as safetensors)."""
         return {}

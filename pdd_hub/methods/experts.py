@@ -23,7 +23,15 @@ from tqdm.auto import tqdm
 from pdd_hub.augment import DSA
 from pdd_hub.config import ExpertConfig
 from pdd_hub.io import load_json, save_json, save_tensors
-from pdd_hub.methods.params import build_network, flat_params, load_flat_params
+from pdd_hub.methods.base import StageContext
+from pdd_hub.methods.params import (
+    build_network,
+    flat_params,
+    load_flat_params,
+    momentum_buffers,
+    set_momentum_buffers,
+)
+from pdd_hub.rng import stream
 
 MANIFEST = "manifest.json"
 
@@ -92,11 +100,13 @@ def train_experts(
     augment: DSA | None,
     seed: int,
     accelerator: Accelerator,
+    stage: int = 1,
     track_forgetting: bool = False,
     progress: bool = True,
 ) -> ExpertSet:
     """Train one expert from each row of ``start_states`` on ``train_x[pool]`` for ``epochs`` epochs,
-    skipping finished experts and resuming unfinished ones. Returns the loaded :class:`ExpertSet`."""
+    skipping finished experts and resuming unfinished ones; expert i of ``stage`` draws from the
+    stream ``("experts", stage, i)`` of ``seed``. Returns the loaded :class:`ExpertSet`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     num_experts = len(start_states)
@@ -108,7 +118,7 @@ def train_experts(
             continue
         model = build_network(model_name, num_classes, image_shape).to(train_x.device)
         load_flat_params(model, start_states[index].to(train_x.device))
-        generator = torch.Generator().manual_seed(seed * 100_003 + index)
+        generator = stream(seed, "experts", stage, index)
         train_one_expert(
             model,
             train_x,
@@ -146,6 +156,42 @@ def train_experts(
         save_json(manifest, directory / MANIFEST)
     accelerator.wait_for_everyone()
     return ExpertSet.load(directory)
+
+
+def experts_for_stage(
+    ctx: StageContext,
+    config: ExpertConfig,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    *,
+    later_epochs: int,
+    track_forgetting: bool = False,
+) -> ExpertSet:
+    """The experts of ``ctx``'s stage: one from each start state (up to ``num_experts``), trained on the
+    stage's pool of real data, in the run folder. Stage 1's train ``config.epochs`` epochs (they also
+    give forgetting scores); later stages, which start from the transition, only ``later_epochs``.
+    Without a transition (and on the same data) a later stage's experts would repeat stage 1's, so
+    stage 1's are used."""
+    same_as_stage_1 = ctx.start_states_stage == 1 and len(ctx.pool) == len(ctx.real)
+    expert_stage = 1 if same_as_stage_1 else ctx.stage
+    return train_experts(
+        ctx.layout.experts_dir(expert_stage),
+        model_name=ctx.model_name,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        train_x=ctx.real.images,
+        train_y=ctx.real.labels,
+        pool=ctx.pool,
+        start_states=ctx.start_states[: config.num_experts],
+        epochs=config.epochs if expert_stage == 1 else later_epochs,
+        config=config,
+        augment=ctx.augment,
+        seed=ctx.seed,
+        stage=expert_stage,
+        accelerator=ctx.accelerator,
+        track_forgetting=track_forgetting and expert_stage == 1,
+        progress=ctx.progress,
+    )
 
 
 def train_one_expert(
@@ -189,7 +235,7 @@ def train_one_expert(
             state[k].to(device) for k in ("events", "was_correct", "ever_learned")
         )
         if "momentum" in state:
-            _set_momentum(optimizer, model, state["momentum"].to(device))
+            set_momentum_buffers(optimizer, model, state["momentum"].to(device))
     else:
         save_tensors({"params": snapshots[0]}, partial_dir / "epoch_000.safetensors")
 
@@ -221,7 +267,7 @@ def train_one_expert(
             "was_correct": was_correct,
             "ever_learned": ever_learned,
         }
-        momentum = _get_momentum(optimizer, model)
+        momentum = momentum_buffers(optimizer, model)
         if momentum is not None:
             state["momentum"] = momentum
         save_tensors(state, state_path)
@@ -232,17 +278,3 @@ def train_one_expert(
         final["ever_learned"] = ever_learned.cpu().to(torch.uint8)
     save_tensors(final, final_path, metadata={"epochs": str(epochs)})
     shutil.rmtree(partial_dir, ignore_errors=True)
-
-
-def _get_momentum(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.Tensor | None:
-    buffers = [optimizer.state.get(p, {}).get("momentum_buffer") for p in model.parameters()]
-    if any(b is None for b in buffers):
-        return None
-    return torch.cat([b.reshape(-1) for b in buffers])
-
-
-def _set_momentum(optimizer: torch.optim.Optimizer, model: torch.nn.Module, flat: torch.Tensor) -> None:
-    offset = 0
-    for p in model.parameters():
-        optimizer.state[p]["momentum_buffer"] = flat[offset : offset + p.numel()].view_as(p).clone()
-        offset += p.numel()

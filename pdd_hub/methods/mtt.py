@@ -12,6 +12,7 @@ reaches the images and the learned LR through every step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,29 +20,50 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from pdd_hub.augment import DSA
-from pdd_hub.config import ExpertConfig, MTTConfig
+from pdd_hub.config import PDDConfig, non_negative, positive
+from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
-from pdd_hub.methods.experts import ExpertSet, train_experts
-from pdd_hub.methods.params import build_network, unflatten
+from pdd_hub.methods.experts import ExpertSet, experts_for_stage
+from pdd_hub.methods.params import build_network, flat_params, unflatten
+from pdd_hub.registry import register_method
 
 
+@dataclass
+class MTTConfig:
+    """Trajectory matching (Cazenavette et al. 2022) with a learned LR per stage."""
+
+    syn_steps: int = positive(50)
+    expert_epochs: int = positive(2)
+    max_start_epoch: int = positive(5)
+    lr_img: float = positive(1000.0)
+    lr_lr: float = positive(1e-7)
+    lr_init: float = positive(0.01)  # the learned LR starts here (MTT's lr_teacher)
+    lr_min: float = positive(1e-8)  # the learned LR is kept above this (it must stay positive)
+    batch_syn: int | None = positive(None)  # default: classes x ipc_per_stage, as in the official code
+    momentum: float = non_negative(0.5)  # of the image and LR optimisers
+
+    def check(self, run: PDDConfig) -> None:
+        needed = self.max_start_epoch + self.expert_epochs
+        if needed > run.experts.epochs:
+            raise ConfigError(
+                f"config keys 'mtt.max_start_epoch' + 'mtt.expert_epochs' = {needed} exceed 'experts.epochs' "
+                f"= {run.experts.epochs}: the experts' trajectories are too short to match"
+            )
+
+
+@register_method("mtt", MTTConfig)
 class MTT(Distiller):
+    """Matching training trajectories (Cazenavette et al. 2022), with a learned LR per stage."""
+
     name = "mtt"
 
     def __init__(
-        self,
-        config: MTTConfig,
-        experts: ExpertConfig,
-        num_classes: int,
-        image_shape: tuple[int, int, int],
-        *,
-        track_forgetting: bool = False,
+        self, config: MTTConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]
     ) -> None:
-        self.config = config
-        self.expert_config = experts
-        self.num_classes = num_classes
-        self.image_shape = image_shape
-        self.track_forgetting = track_forgetting
+        super().__init__(config, run, num_classes, image_shape)
+        self.expert_config = run.experts
+        self.num_start_states = run.experts.num_experts
+        self.track_forgetting = run.forgetting.mode != "off"
         self.syn_lr: torch.Tensor | None = None
         self.trajectories: list[torch.Tensor] = []
         self.experts: ExpertSet | None = None
@@ -51,37 +73,31 @@ class MTT(Distiller):
         """Train (or load) the experts of this stage from its start states, then keep the part of
         their trajectories that matching can reach in memory."""
         cfg = self.config
-        device = ctx.accelerator.device
-        # Without a transition (and on the same data) stage k's experts would repeat stage 1's.
-        same_as_stage_1 = ctx.start_states_stage == 1 and len(ctx.pool) == len(ctx.real)
-        expert_stage = 1 if same_as_stage_1 else ctx.stage
-        self.experts = train_experts(
-            ctx.work_dir / "experts" / f"stage_{expert_stage}",
-            model_name=ctx.model_name,
-            num_classes=self.num_classes,
-            image_shape=self.image_shape,
-            train_x=ctx.real.images,
-            train_y=ctx.real.labels,
-            pool=ctx.pool,
-            start_states=ctx.start_states[: self.expert_config.num_experts],
-            # stage 1 trains full experts; later stages need only the epochs matching reaches
-            epochs=self.expert_config.epochs
-            if expert_stage == 1
-            else cfg.max_start_epoch + cfg.expert_epochs + 1,
-            config=self.expert_config,
-            augment=ctx.augment,
-            seed=ctx.seed * 1000 + expert_stage,
-            accelerator=ctx.accelerator,
-            track_forgetting=self.track_forgetting and expert_stage == 1,
-            progress=ctx.progress,
+        self.experts = experts_for_stage(
+            ctx,
+            self.expert_config,
+            self.num_classes,
+            self.image_shape,
+            later_epochs=cfg.max_start_epoch + cfg.expert_epochs + 1,  # all that matching reaches
+            track_forgetting=self.track_forgetting,
         )
         reach = cfg.max_start_epoch - 1 + cfg.expert_epochs  # the last snapshot matching can use
+        self._match_on(ctx, [self.experts.trajectory(i, upto=reach) for i in range(len(self.experts))])
+
+    def begin_stage_stand_in(self, ctx: StageContext) -> None:
+        """Random-walk trajectories of the right shape instead of trained experts (same cost)."""
+        reach = self.config.max_start_epoch + self.config.expert_epochs
+        start = flat_params(build_network(ctx.model_name, self.num_classes, self.image_shape, seed=0))
+        steps = torch.randn(reach, start.numel(), generator=ctx.stream("stand_in")) * 1e-3
+        self._match_on(ctx, [torch.cat([start[None], start[None] + steps.cumsum(0)])] * 4)
+
+    def _match_on(self, ctx: StageContext, trajectories: list[torch.Tensor]) -> None:
         self.match(
-            [self.experts.trajectory(i, upto=reach) for i in range(len(self.experts))],
-            build_network(ctx.model_name, self.num_classes, self.image_shape).to(device),
+            trajectories,
+            build_network(ctx.model_name, self.num_classes, self.image_shape).to(ctx.accelerator.device),
             augment=ctx.augment,
             generator=ctx.generator,
-            batch_syn=cfg.batch_syn or self.num_classes * ctx.ipc,
+            batch_syn=self.config.batch_syn or self.num_classes * ctx.ipc,
         )
 
     def match(
@@ -151,7 +167,7 @@ class MTT(Distiller):
         return batches
 
     # --- bookkeeping --------------------------------------------------------------------------
-    def after_step(self) -> None:
+    def after_step(self, images: torch.Tensor) -> None:
         with torch.no_grad():
             self.syn_lr.clamp_(min=self.config.lr_min)
 

@@ -52,3 +52,20 @@ def build_network(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return create_model(model_name, num_classes, channels, size)
+
+
+def momentum_buffers(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.Tensor | None:
+    """An SGD optimiser's momentum buffers of ``model``'s parameters as one flat vector (``None``
+    before its first step)."""
+    buffers = [optimizer.state.get(p, {}).get("momentum_buffer") for p in model.parameters()]
+    if any(b is None for b in buffers):
+        return None
+    return torch.cat([b.reshape(-1) for b in buffers])
+
+
+def set_momentum_buffers(optimizer: torch.optim.Optimizer, model: nn.Module, flat: torch.Tensor) -> None:
+    """Restore what :func:`momentum_buffers` returned."""
+    offset = 0
+    for p in model.parameters():
+        optimizer.state[p]["momentum_buffer"] = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()

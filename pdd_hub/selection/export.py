@@ -8,7 +8,8 @@ import torch
 
 from pdd_hub.augment import DEFAULT_STRATEGY
 from pdd_hub.data import Preprocess, RealData
-from pdd_hub.hub import Schedule, StageSpec, export_pdd, stage_split_name
+from pdd_hub.hub import build_schedule, export_pdd
+from pdd_hub.train import TrainingRecipe
 
 
 def export_selection(
@@ -18,34 +19,26 @@ def export_selection(
     preprocess: Preprocess,
     *,
     method: str,
-    lr: float = 0.01,
-    epochs: int = 500,
-    batch_size: int = 256,
+    recipe: TrainingRecipe | None = None,
     config: dict | None = None,
 ) -> Path:
-    """Export ``real.train[stage_indices[k]]`` as stage k+1 (preprocessed, float32)."""
-    stages, specs = [], []
-    for k, idx in enumerate(stage_indices, start=1):
+    """Export ``real.train[stage_indices[k]]`` as stage k+1 (preprocessed, float32), to be trained
+    with ``recipe`` (default: LR 0.01, 500 epochs per stage, DSA)."""
+    recipe = recipe or TrainingRecipe(augment=f"dsa:{DEFAULT_STRATEGY}")
+    stages = []
+    for idx in stage_indices:
         chosen = real.train.subset(idx)
         stages.append((preprocess(chosen.images), chosen.labels))
-        specs.append(
-            StageSpec(
-                split=stage_split_name(k),
-                ipc=len(idx) // real.num_classes,
-                lr=lr,
-                epochs=epochs,
-                batch_size=batch_size,
-            )
-        )
-    schedule = Schedule(
-        stages=specs,
+    schedule = build_schedule(
+        ipcs=[len(idx) // real.num_classes for idx in stage_indices],
+        lrs=[recipe.lr] * len(stage_indices),
+        recipe=recipe,
         class_names=real.class_names,
         image_shape=real.image_shape,
-        preprocess=preprocess.to_config(),
+        preprocess=preprocess,
+        source=real.source.to_dict(),
         method=method,
         distill_model="none",
-        source=real.source.to_dict(),
-        training={"augment": f"dsa:{DEFAULT_STRATEGY}", "mode": "progressive"},
         config=config or {},
     )
     return export_pdd(

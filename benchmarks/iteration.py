@@ -1,0 +1,108 @@
+"""Speed and memory of one distillation iteration (loss + backward + update) of any base method.
+
+    python benchmarks/iteration.py --config recipes/configs/cifar10_ipc10.yaml --iterations 20 \
+        dataset=../shared/datasets/cifar10
+    python benchmarks/iteration.py --config quickstart_dm --stage 3
+
+The method prepares its stage with stand-ins for expensive resources whose values do not change the
+cost (MTT: random-walk trajectories instead of trained experts), so nothing is trained first. The
+union mimics stage ``--stage`` (earlier stages as frozen random images). Prints seconds per
+iteration (median over the timed iterations, after two warm-ups) and peak memory (CUDA allocator on
+a GPU, resident set size on a CPU), as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+from accelerate import Accelerator
+
+from pdd_hub.config import flatten_config, parse_recipe_args
+from pdd_hub.distill import Union
+from pdd_hub.methods import build_distiller
+from pdd_hub.progressive import stage_context
+from pdd_hub.run import Run
+from pdd_hub.threads import configure_threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--stage", type=int, default=1, help="stage whose union size to mimic")
+    args, rest = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = parse_recipe_args([*rest, f"output_dir={tmp}/run", "progress=false"])
+        threads = configure_threads(config.num_threads)
+        accelerator = Accelerator()
+        run = Run(config, accelerator)
+        distiller = build_distiller(config, run.num_classes, run.image_shape)
+        states = run.initial_start_states(distiller.num_start_states)
+        ctx = stage_context(run, args.stage, states, start_stage=args.stage)
+        distiller.begin_stage_stand_in(ctx)
+        seconds = time_iterations(distiller, run, ctx, args.stage, args.iterations)
+    device = accelerator.device
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    section = flatten_config({config.method: config.to_dict()[config.method]})
+    print(
+        json.dumps(
+            {
+                "method": config.method,
+                "device": str(device),
+                "threads": threads,
+                "stage": args.stage,
+                "ipc_per_stage": config.ipc_per_stage,
+                **section,
+                "seconds_per_iteration": statistics.median(seconds),
+                "peak_memory_gib": round(peak / 2**30, 3),
+            }
+        )
+    )
+
+
+def time_iterations(distiller, run: Run, ctx, stage: int, iterations: int) -> list[float]:
+    device = run.device
+    classes, ipc = run.num_classes, run.config.ipc_per_stage
+    generator = torch.Generator().manual_seed(0)
+    stored = torch.randn(classes * ipc, *run.image_shape, generator=generator)
+    labels = torch.arange(classes).repeat_interleave(ipc)
+    frozen = distiller.decode(torch.randn(classes * ipc * (stage - 1), *run.image_shape, generator=generator))
+    union = Union(
+        distiller,
+        frozen.to(device),
+        distiller.decode_labels(labels.repeat(stage - 1)).to(device),
+        labels.to(device),
+        conditioned=stage > 1,
+    )
+    new = stored.to(device).requires_grad_(True)
+    optimizer = torch.optim.SGD([{"params": [new], **distiller.image_optimizer()}, *distiller.param_groups()])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for it in range(iterations + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tick = time.perf_counter()
+        loss = distiller.loss(union.images(new), union.labels())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        distiller.after_step(new)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if it >= 2:
+            times.append(time.perf_counter() - tick)
+    return times
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""IDC: efficient dataset condensation (Kim et al., ICML 2022), the paper's second base method.
+
+Multi-formation: each stored image holds ``factor x factor`` tiles; decoding cuts them out and
+upsamples each (bilinear) to the full size, so a stored image gives ``factor**2`` training images.
+Networks train on the decoded images and the export holds them (:meth:`IDC.decode`).
+
+Condensation: a network is drawn, then ``inner_loop`` times: for every class c, the gradients of the
+network's loss on ``batch_real`` real images of c and on (at most ``max_syn`` of) the decoded
+synthetic images of c, both augmented by one draw of ``augment`` applied to them together, are
+compared on the conv weights (``mse``); the summed distance updates the stored images; then the
+network trains on ``n_data`` real examples (SGD, per-example DSA and CutMix) before the next
+comparison. Images are clamped to the pixel range once per network. One iteration of the driver is
+one comparison (the official code steps per class; the classes' images are disjoint, so one step on
+the summed loss gives each image the same gradient), so the official ``niter`` networks of 100 steps
+is ``iterations = 100 * niter``.
+
+Under PDD (see docs/METHODS.md): the synthetic images of a class are those of the union, the frozen
+earlier stages decoded with the new ones; the networks come from the stage's start states, trained on
+stages 1..k-1 by the transition with IDC's training recipe (stage 1: fresh random initialisations,
+as IDC on CIFAR), or, with ``network_pool: experts``, from snapshots of networks trained on real data
+from those start states (IDC's pretrained pool).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from pdd_hub.augment import CutMix, augment_spec, build_augment
+from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
+from pdd_hub.errors import ConfigError
+from pdd_hub.methods.base import Distiller, StageContext
+from pdd_hub.methods.experts import ExpertSet, experts_for_stage
+from pdd_hub.methods.matching import batch_gradients, gradient_distance, matched_parameters, real_class_batch
+from pdd_hub.methods.params import (
+    build_network,
+    flat_params,
+    load_flat_params,
+    momentum_buffers,
+    set_momentum_buffers,
+)
+from pdd_hub.registry import register_method
+from pdd_hub.train import TrainingRecipe, minibatch_loss
+
+IDC_LR_SCHEDULE = "steps_at_2/3_5/6_x0.2"
+
+
+@dataclass
+class IDCConfig:
+    """Efficient dataset condensation (Kim et al. 2022): multi-formation and gradient matching on
+    networks trained on real data."""
+
+    factor: int = positive(2)  # stored image = factor x factor downsampled images
+    lr_img: float | None = positive(None)  # default: 5e-3 x ipc_per_stage / 10 (official scaling)
+    momentum: float = non_negative(0.5)  # of the image optimiser
+    inner_loop: int = positive(100)  # comparisons (iterations) per network
+    batch_real: int = positive(64)  # real images per class per comparison
+    max_syn: int = positive(128)  # decoded synthetic images per class per comparison, at most
+    metric: str = one_of("mse", "l1", "dc")
+    layers: str = one_of("conv", "all")  # conv: conv weights only (no biases, norms, classifier)
+    augment: str = augmentation("dsa_all:color_crop_cutout")  # one draw for the real + synthetic batch
+    n_data: int = positive(2000)  # real examples the network trains on between comparisons
+    net_batch: int = positive(64)
+    net_lr: float = positive(0.01)
+    net_momentum: float = non_negative(0.9)
+    net_weight_decay: float = non_negative(5e-4)
+    net_augment: str = augmentation("dsa_all:color_crop")  # per example, then CutMix
+    net_cutmix_prob: float = non_negative(0.5)
+    cutmix_beta: float = positive(1.0)
+    clamp: bool = True  # to the pixel range, once per network (not possible with ZCA)
+    num_networks: int = positive(10)  # start states per stage (what the transition trains)
+    network_pool: str = one_of("start_states", "experts")
+    pool_first_epoch: int = non_negative(0)  # experts pool: snapshots of these epochs
+    pool_last_epoch: int = non_negative(4)
+    # how networks train on the export (IDC's evaluation): LR, CutMix, LR x 0.2 at 2/3 and 5/6
+    train_lr: float = positive(0.01)
+    train_cutmix_prob: float = non_negative(0.5)
+
+    @property
+    def expansion(self) -> int:
+        return self.factor**2
+
+    def check(self, run: PDDConfig) -> None:
+        for key in ("net_cutmix_prob", "train_cutmix_prob"):
+            if getattr(self, key) > 1:
+                raise ConfigError(f"config key 'idc.{key}' is a probability, got {getattr(self, key)!r}")
+        if self.pool_first_epoch > self.pool_last_epoch:
+            raise ConfigError("config key 'idc.pool_first_epoch' must not exceed 'idc.pool_last_epoch'")
+        if self.network_pool == "experts" and self.pool_last_epoch > run.experts.epochs:
+            raise ConfigError(
+                f"config key 'idc.pool_last_epoch' = {self.pool_last_epoch} exceeds 'experts.epochs' = "
+                f"{run.experts.epochs}: the experts have no such snapshot"
+            )
+
+    def check_data(self, image_shape: tuple[int, int, int]) -> None:
+        _, height, width = image_shape
+        if height % self.factor or width % self.factor:
+            raise ConfigError(
+                f"config key 'idc.factor' = {self.factor} does not divide the image size {height}x{width}: "
+                "a stored image is cut into factor x factor equal tiles; choose a divisor of the size"
+            )
+
+
+@register_method("idc", IDCConfig)
+class IDC(Distiller):
+    """Efficient dataset condensation with multi-formation (Kim et al. 2022)."""
+
+    name = "idc"
+
+    def __init__(
+        self, config: IDCConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]
+    ) -> None:
+        super().__init__(config, run, num_classes, image_shape)
+        self.expansion = config.expansion
+        self.num_start_states = config.num_networks
+        self.augment = build_augment(config.augment)
+        self.net_augment = build_augment(config.net_augment)
+        self.cutmix = (
+            CutMix(config.net_cutmix_prob, config.cutmix_beta) if config.net_cutmix_prob > 0 else None
+        )
+        self.step_in_network, self.draws = 0, 0
+        self.experts: ExpertSet | None = None
+
+    # --- multi-formation --------------------------------------------------------------------------
+    def decode(self, stored: torch.Tensor) -> torch.Tensor:
+        f, (_, height, width) = self.config.factor, stored.shape[1:]
+        tiles = rearrange(stored, "n c (fh h) (fw w) -> (n fh fw) c h w", fh=f, fw=f)
+        return F.interpolate(tiles, size=(height, width), mode="bilinear", align_corners=False)
+
+    def encode(self, real: torch.Tensor) -> torch.Tensor:
+        f, (_, height, width) = self.config.factor, real.shape[1:]
+        small = F.interpolate(real, size=(height // f, width // f), mode="nearest")
+        return rearrange(small, "(n fh fw) c h w -> n c (fh h) (fw w)", fh=f, fw=f)
+
+    def storage(self) -> dict:
+        return {
+            "kind": "multi_formation",
+            "factor": self.config.factor,
+            "expansion": self.expansion,
+            "decode": "each stored image is cut into factor x factor tiles, each upsampled (bilinear, "
+            "align_corners=False) to the full size; the export holds the decoded images",
+        }
+
+    # --- stage ----------------------------------------------------------------------------------
+    def begin_stage(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.pools = ctx.pool_by_class(self.num_classes)
+        device = ctx.real.images.device
+        self.network = build_network(ctx.model_name, self.num_classes, self.image_shape).to(device).train()
+        self.net_optimizer = self._network_optimizer()
+        self.step_in_network, self.draws = 0, 0
+        self.bounds = self._pixel_bounds(ctx)
+        if self.config.network_pool == "experts":
+            self.experts = experts_for_stage(
+                ctx,
+                self.run.experts,
+                self.num_classes,
+                self.image_shape,
+                later_epochs=self.config.pool_last_epoch,
+            )
+
+    def image_optimizer(self) -> dict[str, float]:
+        lr = self.config.lr_img or 5e-3 * self.run.ipc_per_stage / 10
+        return {"lr": lr, "momentum": self.config.momentum}
+
+    def training_recipe(self) -> TrainingRecipe:
+        return TrainingRecipe(
+            lr=self.config.train_lr,
+            epochs=self.run.train_epochs_per_stage,
+            batch_size=self.run.train_batch_size,
+            lr_schedule=IDC_LR_SCHEDULE,
+            augment=augment_spec(build_augment(self.run.augment)),
+            cutmix_prob=self.config.train_cutmix_prob,
+            cutmix_beta=self.config.cutmix_beta,
+        )
+
+    # --- the loss -----------------------------------------------------------------------------
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.step_in_network == 0:
+            load_flat_params(self.network, self._draw_network().to(images.device))
+            self.net_optimizer = self._network_optimizer()
+            self.draws += 1
+        else:
+            self.train_on_real()
+        self.step_in_network = (self.step_in_network + 1) % self.config.inner_loop
+        return self.matching_loss(images, labels)
+
+    def matching_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum over classes of the distance between real and synthetic gradients (conv weights)."""
+        cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
+        params = matched_parameters(self.network, cfg.layers)
+        total = images.new_zeros(())
+        for c in range(self.num_classes):
+            idx = real_class_batch(self.pools[c], cfg.batch_real, generator).to(real.images.device)
+            of_class = torch.nonzero(labels == c).flatten()
+            of_class = of_class[
+                torch.randperm(len(of_class), generator=generator)[: cfg.max_syn].to(of_class.device)
+            ]
+            x_real, x_syn = real.images[idx], images[of_class]
+            if self.augment is not None:  # one draw for the two batches together, as IDC does
+                both = self.augment(torch.cat([x_real, x_syn]), generator, shared=True)
+                x_real, x_syn = both[: len(x_real)], both[len(x_real) :]
+            g_real = batch_gradients(self.network, params, x_real, real.labels[idx], create_graph=False)
+            g_syn = batch_gradients(self.network, params, x_syn, labels[of_class], create_graph=True)
+            total = total + gradient_distance(g_real, g_syn, cfg.metric)
+        return total
+
+    def train_on_real(self) -> None:
+        """About ``n_data`` real examples of SGD for the network (batches of ``net_batch``)."""
+        cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
+        pool = self.ctx.pool
+        for _ in range(math.ceil(cfg.n_data / cfg.net_batch)):
+            idx = pool[torch.randperm(len(pool), generator=generator)[: cfg.net_batch]].to(real.images.device)
+            loss = minibatch_loss(
+                self.network, real.images[idx], real.labels[idx], self.net_augment, generator, self.cutmix
+            )
+            self.net_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.net_optimizer.step()
+
+    def after_step(self, images: torch.Tensor) -> None:
+        if self.config.clamp and self.bounds is not None and self.step_in_network == 0:
+            low, high = (b.to(images.device) for b in self.bounds)
+            with torch.no_grad():
+                images.copy_(torch.maximum(torch.minimum(images, high), low))
+
+    # --- pieces -------------------------------------------------------------------------------
+    def _draw_network(self) -> torch.Tensor:
+        if self.experts is None:
+            return self.ctx.network_state(self.draws)
+        generator = self.ctx.stream("pool", self.draws)
+        expert = int(torch.randint(len(self.experts), (), generator=generator))
+        first, last = self.config.pool_first_epoch, self.config.pool_last_epoch
+        epoch = int(torch.randint(first, last + 1, (), generator=generator))
+        return self.experts.trajectory(expert, upto=epoch)[epoch]
+
+    def _network_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        return torch.optim.SGD(
+            self.network.parameters(),
+            lr=cfg.net_lr,
+            momentum=cfg.net_momentum,
+            weight_decay=cfg.net_weight_decay,
+        )
+
+    @staticmethod
+    def _pixel_bounds(ctx: StageContext) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel images of pixel values 0 and 1 in the preprocessed space (None under ZCA)."""
+        pre = ctx.preprocess
+        if pre is None or pre.zca is not None:
+            return None
+        low, high = (pre.normalize(torch.full((1, len(pre.mean), 1, 1), v)) for v in (0.0, 1.0))
+        return low, high
+
+    # --- resumption -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {
+            "network": flat_params(self.network),
+            "counters": torch.tensor([self.step_in_network, self.draws]),
+        }
+        momentum = momentum_buffers(self.net_optimizer, self.network)
+        if momentum is not None:
+            state["net_momentum"] = momentum
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_flat_params(self.network, state["network"])
+        self.step_in_network, self.draws = (int(v) for v in state["counters"])
+        self.net_optimizer = self._network_optimizer()
+        if "net_momentum" in state:
+            set_momentum_buffers(self.net_optimizer, self.network, state["net_momentum"])

@@ -1,0 +1,71 @@
+"""What the gradient-matching methods (DC, DSA, IDC) share: per-class real batches, gradients of a
+network on a batch, and the distances between real and synthetic gradients.
+
+Distances (summed over the matched parameter tensors):
+
+* ``dc``: DC's layer-wise distance (Zhao et al. 2021, "ours" in the official code): each tensor is
+  viewed as rows, one per output unit (conv ``[out, in*kh*kw]``, linear ``[out, in]``), and
+  ``sum over rows of 1 - cos(g_real_row, g_syn_row)`` (with 1e-6 added to the norms' product);
+  1-D tensors (biases, norm weights) count 0.
+* ``mse``: ``sum((g_real - g_syn)**2)``, IDC's choice on CIFAR; ``l1``: ``sum(|g_real - g_syn|)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METRICS = ("dc", "mse", "l1")
+
+
+def tensor_distance(real: torch.Tensor, syn: torch.Tensor, metric: str) -> torch.Tensor:
+    """The distance between one parameter tensor's real and synthetic gradients."""
+    if metric == "mse":
+        return (real - syn).pow(2).sum()
+    if metric == "l1":
+        return (real - syn).abs().sum()
+    if metric != "dc":
+        raise ValueError(f"unknown gradient distance {metric!r}; use one of {list(METRICS)}")
+    if real.ndim == 1:
+        return real.new_zeros(())
+    rows_real, rows_syn = real.reshape(real.shape[0], -1), syn.reshape(syn.shape[0], -1)
+    dot = (rows_real * rows_syn).sum(dim=1)
+    norms = rows_real.norm(dim=1) * rows_syn.norm(dim=1)
+    return (1 - dot / (norms + 1e-6)).sum()
+
+
+def gradient_distance(real: list[torch.Tensor], syn: list[torch.Tensor], metric: str) -> torch.Tensor:
+    """Sum of :func:`tensor_distance` over the matched tensors."""
+    return sum((tensor_distance(r, s, metric) for r, s in zip(real, syn, strict=True)), start=torch.zeros(()))
+
+
+def matched_parameters(network: nn.Module, layers: str) -> list[nn.Parameter]:
+    """The parameters whose gradients are matched: ``all``, or ``conv`` (weights of 3-D+ tensors only,
+    IDC's default: biases, norm parameters and the classifier are left out)."""
+    if layers == "all":
+        return list(network.parameters())
+    if layers == "conv":
+        return [p for p in network.parameters() if p.ndim >= 3]
+    raise ValueError(f"unknown layer selection {layers!r}; use 'all' or 'conv'")
+
+
+def batch_gradients(
+    network: nn.Module,
+    params: list[nn.Parameter],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    create_graph: bool,
+) -> list[torch.Tensor]:
+    """Gradients of the cross-entropy of ``network`` on a batch w.r.t. ``params``; with
+    ``create_graph`` they stay differentiable w.r.t. the images (the synthetic side)."""
+    loss = F.cross_entropy(network(images), labels)
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+    return list(grads) if create_graph else [g.detach() for g in grads]
+
+
+def real_class_batch(pool_of_class: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``size`` random indices (without replacement; all if fewer) from one class's pool."""
+    order = torch.randperm(len(pool_of_class), generator=generator)[:size]
+    return pool_of_class[order]
