@@ -21,14 +21,13 @@ import tempfile
 import time
 
 import torch
-from accelerate import Accelerator
 
 from pdd_hub.config import flatten_config, parse_recipe_args
 from pdd_hub.distill import Union
 from pdd_hub.methods import build_distiller
 from pdd_hub.progressive import stage_context
 from pdd_hub.run import Run
-from pdd_hub.threads import configure_threads
+from pdd_hub.runtime import configure_threads, make_accelerator
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_recipe_args([*rest, f"output_dir={tmp}/run", "progress=false"])
         threads = configure_threads(config.num_threads)
-        accelerator = Accelerator()
+        accelerator = make_accelerator()
         run = Run(config, accelerator)
         distiller = build_distiller(config, run.num_classes, run.image_shape)
         states = run.initial_start_states(distiller.num_start_states)

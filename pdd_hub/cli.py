@@ -23,12 +23,11 @@ from pdd_hub.errors import PDDError
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from accelerate import Accelerator
-
     from pdd_hub.data import load_real_data, load_split
     from pdd_hub.evaluate import evaluate_export, random_baseline
     from pdd_hub.hub import load_pdd
     from pdd_hub.models import check_model_name
+    from pdd_hub.runtime import make_accelerator
 
     models = args.model or []
     if not models:
@@ -37,7 +36,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise PDDError(f"--seeds must be at least 1, got {args.seeds}")
     for name in models:
         check_model_name(name)  # fail before loading anything
-    accelerator = Accelerator(cpu=args.cpu)
+    accelerator = make_accelerator(cpu=args.cpu)
     pdd = load_pdd(args.synthetic, revision=args.revision)
     # by default, the real data is read the way it was read for distillation
     test_split = args.test_split or pdd.schedule.source.get("test_split") or "test"

@@ -111,7 +111,8 @@ class PDDConfig:
     normalize: bool = True
     zca: bool = False
     zca_eps: float = positive(0.1)
-    augment: str = augmentation("dsa")  # when networks train: experts, validation, transitions, export
+    # how networks train (experts, validation, transitions, the export); default: the method's own
+    augment: str | None = augmentation(None)
     # training on the result (written into pdd_schedule.json)
     train_epochs_per_stage: int = positive(500)
     train_batch_size: int = positive(256)

@@ -26,6 +26,7 @@ from pdd_hub.hub import PDDDataset, SyntheticStage, stage_checksum
 from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
 from pdd_hub.rng import stream
+from pdd_hub.runtime import make_accelerator
 from pdd_hub.train import evaluate_accuracy, plan_stages, recipe_augmentations, train_stages
 
 BASELINES = ("random",)
@@ -195,7 +196,7 @@ def evaluate_export(
     check_compatible(pdd, test, real_name)
     for name in model_names:
         check_model_builds(name, pdd.schedule.num_classes, pdd.schedule.image_shape)
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     device = accelerator.device
     plans = plan_stages(pdd, mode, epochs_per_stage)
     augment, cutmix = recipe_augmentations(pdd.schedule.training)

@@ -33,6 +33,7 @@ from pdd_hub.methods.base import StageContext
 from pdd_hub.methods.params import build_network, flat_params, load_flat_params
 from pdd_hub.rng import stream
 from pdd_hub.run import FinishedStage, Run
+from pdd_hub.runtime import make_accelerator
 from pdd_hub.train import StagePlan, evaluate_accuracy, train_stages
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 def run_pdd(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
     """Distil ``config.dataset`` into ``config.num_stages`` conditioned stages; returns the export."""
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     set_seed(config.seed)
     run = Run(config, accelerator)
     distiller = build_distiller(config, run.num_classes, run.image_shape)
@@ -114,7 +115,7 @@ def distil_one_stage(
 def prepare_first_stage(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
     """Only what the method prepares before stage 1 (MTT: the stage-1 experts), e.g. on more
     processes first (``recipes/experts.py``); returns the run folder."""
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or make_accelerator()
     set_seed(config.seed)
     run = Run(config, accelerator)
     distiller = build_distiller(config, run.num_classes, run.image_shape)

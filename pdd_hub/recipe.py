@@ -8,18 +8,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 
 from pdd_hub.config import PDDConfig, parse_recipe_args
 from pdd_hub.errors import ConfigError, PDDError
-from pdd_hub.threads import configure_threads
+from pdd_hub.runtime import configure_threads, make_accelerator, process_state
 
 
 def build_accelerator(config: PDDConfig) -> Accelerator:
     """An ``Accelerator`` with the run's tracker (TensorBoard under ``output_dir/logs``) if any."""
     if config.tracker == "none":
-        return Accelerator()
-    return Accelerator(log_with=config.tracker, project_dir=f"{config.output_dir}/logs")
+        return make_accelerator()
+    return make_accelerator(log_with=config.tracker, project_dir=f"{config.output_dir}/logs")
 
 
 def distill(config: PDDConfig) -> Path:
@@ -53,7 +53,7 @@ def only_method(name: str, job: Callable[[PDDConfig], object]) -> Callable[[PDDC
 def recipe_main(argv: list[str], job: Callable[[PDDConfig], object]) -> int:
     """Parse ``--config NAME_OR_FILE key=value ...``, set the CPU threads and run ``job``; user errors
     print one paragraph and exit with status 2."""
-    main_process = PartialState().is_main_process  # other processes log warnings only
+    main_process = process_state().is_main_process  # other processes log warnings only
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(message)s",

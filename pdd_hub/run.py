@@ -35,6 +35,7 @@ from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
 from pdd_hub.io import load_json, save_json, save_tensors
 from pdd_hub.methods.params import build_network, flat_params
 from pdd_hub.models import check_model_builds
+from pdd_hub.registry import METHODS
 from pdd_hub.rng import stream, stream_seed
 from pdd_hub.train import TrainingRecipe
 from pdd_hub.viz import plot_accuracy_per_stage, save_image_grid
@@ -137,7 +138,8 @@ class Run:
             self.real.train = self.real.train.subset(keep.sort().values)
         self.train = self._on_device(self.real.train)
         self.val = self._on_device(self.real.val)
-        self.augment = build_augment(config.augment)
+        # how networks train here (experts, MTT's student): the config's, else the method's default
+        self.augment = build_augment(config.augment or METHODS.get(config.method).cls.default_augment)
         self.checkpoint = StageCheckpoint(self.layout.checkpoints_dir, accelerator)
 
     @property

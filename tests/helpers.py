@@ -21,12 +21,14 @@ SUBPROCESS_ENV = {
 
 
 def accelerate_cpu(processes: int) -> list[str]:
-    """``accelerate launch`` on the CPU with ``processes`` processes, all defaults spelled out."""
+    """``accelerate launch`` with ``processes`` processes on this machine, all defaults spelled out.
+    Several processes need the multi-process launcher (``--multi_gpu``; ``--cpu`` starts one process
+    whatever ``--num_processes`` says); on a machine without GPUs pdd-hub makes them one CPU run."""
     return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu" if processes > 1 else "--cpu",
         "--num_processes",
         str(processes),
         "--num_machines",

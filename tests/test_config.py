@@ -15,7 +15,18 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").g
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
     assert isinstance(config, PDDConfig)
-    assert config.mtt.max_start_epoch + config.mtt.expert_epochs <= config.experts.epochs
+    if config.method == "mtt":
+        assert config.mtt.max_start_epoch + config.mtt.expert_epochs <= config.experts.epochs
+    assert config.output_dir.endswith(path.stem)  # each config writes to its own folder
+
+
+def test_saved_configs_load_back_equal(tmp_path):
+    from pdd_hub.config import save_config
+
+    for path in CONFIGS:
+        config = load_config(path)
+        save_config(config, tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml") == config
 
 
 def test_paper_settings_are_what_the_paper_used():

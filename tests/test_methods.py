@@ -69,7 +69,9 @@ def brute_dc_distance(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(())
     for row in range(real.shape[0]):
         a, b = real[row].flatten(), syn[row].flatten()
-        total = total + 1 - torch.dot(a, b) / (torch.sqrt(torch.dot(a, a)) * torch.sqrt(torch.dot(b, b)) + 1e-6)
+        total = (
+            total + 1 - torch.dot(a, b) / (torch.sqrt(torch.dot(a, a)) * torch.sqrt(torch.dot(b, b)) + 1e-6)
+        )
     return total
 
 
@@ -166,7 +168,7 @@ def test_dc_alternates_image_updates_and_network_training(tmp_path):
 
 
 def test_idc_trains_its_network_on_real_data_between_comparisons(tmp_path):
-    distiller, ctx = make("idc", tmp_path, inner_loop=2, n_data=12, net_batch=6)
+    distiller, _ = make("idc", tmp_path, inner_loop=2, n_data=12, net_batch=6)
     stored, labels = synthetic(1)
     decoded, decoded_labels = distiller.decode(stored), distiller.decode_labels(labels)
     distiller.loss(decoded, decoded_labels)
@@ -180,7 +182,7 @@ def test_idc_trains_its_network_on_real_data_between_comparisons(tmp_path):
 
 
 def test_stage_1_networks_are_fresh_initialisations_later_ones_start_states(tmp_path):
-    first, ctx_1 = make("dm", tmp_path, start_states_stage=1)
+    _, ctx_1 = make("dm", tmp_path, start_states_stage=1)
     states = {tuple(ctx_1.network_state(d)[:5].tolist()) for d in range(4)}
     assert len(states) == 4  # a new random network for every draw
     assert torch.equal(ctx_1.network_state(2), ctx_1.network_state(2))  # and reproducible

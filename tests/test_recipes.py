@@ -95,3 +95,43 @@ def test_recipe_help_lists_every_key():
     text = result.stdout + result.stderr
     for key in ("dataset", "ipc_per_stage", "mtt.syn_steps", "transition.syn_epochs", "forgetting.mode"):
         assert f"  {key} (default" in text
+
+
+def test_accelerate_launch_of_the_cli_distils_with_two_processes_and_shares_the_cores(tmp_path):
+    from pdd_hub.runtime import physical_cores_available
+
+    out = tmp_path / "dsa"
+    args = [
+        "distill",
+        "--config",
+        "quickstart_dsa",
+        f"output_dir={out}",
+        "num_stages=2",
+        "iterations=2",
+        "eval.every=2",
+        "eval.epochs=2",
+        "transition.syn_epochs=2",
+        "dsa.batch_real=8",
+        "progress=false",
+    ]
+    result = subprocess.run(
+        [*accelerate_cpu(2), "-m", "pdd_hub.cli", *args], capture_output=True, text=True, env=ENV, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pdd = load_pdd(out / "dataset")
+    assert pdd.schedule.method == "dsa" and pdd.num_stages == 2
+    # accelerate sets OMP_NUM_THREADS=1; pdd-hub divides the physical cores between the two processes
+    expected = max(1, physical_cores_available() // 2)
+    assert f"using {expected} CPU threads per process" in result.stderr + result.stdout
+
+
+def test_a_recipe_under_accelerate_launch_uses_every_physical_core(tmp_path):
+    from pdd_hub.runtime import physical_cores_available
+
+    args = overrides({**TINY, "num_stages": 1, "iterations": 1, "output_dir": str(tmp_path / "run")})
+    result = launch("pdd_mtt.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"using {physical_cores_available()} CPU threads per process" in result.stderr + result.stdout
+    # and an override still wins
+    again = launch("pdd_mtt.py", [*args, "num_threads=1"])
+    assert again.returncode == 0 and "using 1 CPU threads per process" in again.stderr + again.stdout

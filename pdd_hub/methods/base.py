@@ -83,6 +83,7 @@ class Distiller(ABC):
     """A base method as seen by the progressive driver."""
 
     name: str = "base"
+    default_augment: str = "dsa"  # how networks train on the images, unless the config's augment says
     expansion: int = 1  # images a stored image decodes into (IDC: factor**2)
     num_start_states: int = 1  # networks a stage starts from (trained on stages 1..k-1 in PDD)
 
@@ -144,10 +145,14 @@ class Distiller(ABC):
         """How networks train on this method's images (validation, transitions, the export): by
         default the run's ``augment``, ``train_epochs_per_stage`` and ``train_batch_size``."""
         return TrainingRecipe(
-            augment=augment_spec(build_augment(self.run.augment)),
+            augment=self.training_augment(),
             epochs=self.run.train_epochs_per_stage,
             batch_size=self.run.train_batch_size,
         )
+
+    def training_augment(self) -> str:
+        """The run's ``augment``, else this method's default, as a full spec."""
+        return augment_spec(build_augment(self.run.augment or self.default_augment))
 
     def stage_lr(self) -> float | None:
         """The training LR this method learned for the current stage, if any."""

@@ -67,6 +67,7 @@ class DC(Distiller):
     """Dataset condensation with gradient matching (Zhao et al. 2021)."""
 
     name = "dc"
+    default_augment = "none"  # DC's official evaluation trains without augmentation
 
     def __init__(
         self, config: DCConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]

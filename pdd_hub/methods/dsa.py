@@ -26,3 +26,4 @@ class DCWithDSA(DC):
     """Gradient matching with differentiable siamese augmentation (Zhao & Bilen 2021)."""
 
     name = "dsa"
+    default_augment = "dsa"

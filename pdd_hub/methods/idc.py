@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from pdd_hub.augment import CutMix, augment_spec, build_augment
+from pdd_hub.augment import CutMix, build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
@@ -110,6 +110,7 @@ class IDC(Distiller):
     """Efficient dataset condensation with multi-formation (Kim et al. 2022)."""
 
     name = "idc"
+    default_augment = "dsa_idc:color_crop_flip_scale_rotate"  # IDC's training: DSA without cutout, + CutMix
 
     def __init__(
         self, config: IDCConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]
@@ -173,7 +174,7 @@ class IDC(Distiller):
             epochs=self.run.train_epochs_per_stage,
             batch_size=self.run.train_batch_size,
             lr_schedule=IDC_LR_SCHEDULE,
-            augment=augment_spec(build_augment(self.run.augment)),
+            augment=self.training_augment(),
             cutmix_prob=self.config.train_cutmix_prob,
             cutmix_beta=self.config.cutmix_beta,
         )

@@ -1,0 +1,75 @@
+"""The machine a run is on: CPU threads, and the accelerate state that sees every process.
+
+Threads: ``accelerate launch`` sets ``OMP_NUM_THREADS=1`` for CPU runs, so a run started the
+documented way would use one core. pdd-hub sets torch's thread count itself, whatever launched it:
+``num_threads`` in the config, else ``$PDD_HUB_NUM_THREADS``, else the physical cores this process may
+run on divided by the processes on this machine (``$LOCAL_WORLD_SIZE``).
+
+Processes: accelerate treats processes started by a multi-process launcher (``accelerate launch
+--multi_gpu``, ``torchrun``) on a machine without GPUs as one distributed CPU run only when told to
+use the CPU; otherwise each would run alone and they would overwrite each other's files.
+:func:`make_accelerator` tells it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from accelerate import Accelerator, PartialState
+
+logger = logging.getLogger(__name__)
+ENV_VAR = "PDD_HUB_NUM_THREADS"
+
+
+def physical_cores_available() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads not counted)."""
+    import psutil
+
+    logical_all = psutil.cpu_count(logical=True) or 1
+    physical_all = psutil.cpu_count(logical=False) or logical_all
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical_all
+    per_core = max(1, logical_all // physical_all)
+    return max(1, allowed // per_core)
+
+
+def default_num_threads() -> int:
+    """The physical cores available, divided between the processes on this machine."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, physical_cores_available() // max(1, local_processes))
+
+
+def configure_threads(requested: int | None = None) -> int:
+    """Set torch's intra-op threads (``requested``, ``$PDD_HUB_NUM_THREADS`` or the default); returns it."""
+    if requested is None and os.environ.get(ENV_VAR):
+        try:
+            requested = int(os.environ[ENV_VAR])
+        except ValueError as exc:
+            raise ValueError(f"${ENV_VAR} must be a positive integer, got {os.environ[ENV_VAR]!r}") from exc
+    threads = requested if requested is not None else default_num_threads()
+    if threads < 1:
+        raise ValueError(f"the number of CPU threads must be positive, got {threads}")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    logger.info("using %d CPU threads per process", torch.get_num_threads())
+    return threads
+
+
+def distributed_without_gpu() -> bool:
+    """Whether a multi-process launcher started this process on a machine without a GPU (or other
+    accelerator accelerate knows)."""
+    from accelerate.utils import is_npu_available, is_xpu_available
+
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or "LOCAL_RANK" in os.environ
+    return launched and not (torch.cuda.is_available() or is_xpu_available() or is_npu_available())
+
+
+def process_state(cpu: bool = False) -> PartialState:
+    """accelerate's process state, distributed over the CPU where that is what the launcher meant."""
+    return PartialState(cpu=cpu or distributed_without_gpu())
+
+
+def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
+    """``Accelerator(**kwargs)``, distributed over the CPU where that is what the launcher meant."""
+    return Accelerator(cpu=cpu or distributed_without_gpu(), **kwargs)
