@@ -71,6 +71,36 @@ def test_eval_prints_table_writes_json_and_plot(digits_export, tmp_path):
     assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_with_a_random_baseline_adds_its_rows_and_runs(digits_export, tmp_path):
+    output = tmp_path / "b.json"
+    result = cli(
+        "eval",
+        str(digits_export),
+        "--real",
+        "sklearn:digits",
+        "--model",
+        "convnet_d2",
+        "--seeds",
+        "2",
+        "--epochs-per-stage",
+        "2",
+        "--baseline",
+        "random",
+        "--output",
+        str(output),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| convnet_d2 [random real] |" in result.stdout
+    data = json.loads(output.read_text())
+    assert set(data["accuracy"]) == {"convnet_d2", "convnet_d2 [random real]"}
+    assert sorted(p.name for p in output.with_suffix(".runs").iterdir()) == [
+        "convnet_d2-random-real__seed0.json",
+        "convnet_d2-random-real__seed1.json",
+        "convnet_d2__seed0.json",
+        "convnet_d2__seed1.json",
+    ]
+
+
 @pytest.mark.parametrize("mode,phases", [("union", 1), ("sequential", 3)])
 def test_eval_modes(digits_export, tmp_path, mode, phases):
     output = tmp_path / "r.json"

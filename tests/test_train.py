@@ -148,3 +148,66 @@ def test_evaluate_accuracy_counts_correct_predictions():
 
     labels = torch.tensor([1, 1, 0, 2, 1, 0, 1, 2])
     assert evaluate_accuracy(Fixed(), torch.zeros(8, 1, 2, 2), labels, batch_size=3) == pytest.approx(0.5)
+
+
+def test_idc_schedule_steps_down_by_a_fifth_at_two_thirds_and_five_sixths():
+    from pdd_hub.train import lr_at
+
+    lrs = [lr_at("steps_at_2/3_5/6_x0.2", 1.0, epoch, 12) for epoch in range(12)]
+    assert lrs == pytest.approx([1.0] * 8 + [0.2] * 2 + [0.04] * 2)
+    assert [lr_at("step_at_half", 1.0, e, 4) for e in range(4)] == pytest.approx([1, 1, 0.1, 0.1])
+    with pytest.raises(ValueError, match="unknown lr_schedule"):
+        lr_at("cosine", 1.0, 0, 4)
+
+
+def test_cutmix_pastes_a_box_of_a_partner_and_weights_the_labels_by_its_area():
+    from pdd_hub.augment import CutMix
+
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 16, 16).contiguous()  # image i is all i
+    y = torch.tensor([0, 1, 2, 3])
+    mixed, partner, weight = CutMix(prob=1.0, beta=1.0)(x, y, torch.Generator().manual_seed(3))
+    for i in range(4):
+        pasted = mixed[i] != x[i]
+        # the pasted pixels are the partner's, and the weight of the own label is the area left
+        assert torch.equal(mixed[i][pasted], x[int(partner[i])][pasted]) or not pasted.any()
+        if int(partner[i]) != i:
+            assert weight == pytest.approx(1 - pasted.float().mean().item())
+    assert CutMix(prob=0.0)(x, y, torch.Generator()) == (x, y, 1.0)
+
+
+def test_minibatch_loss_with_cutmix_mixes_the_two_cross_entropies():
+    from pdd_hub.augment import CutMix
+    from pdd_hub.train import minibatch_loss
+
+    model = timm.create_model("convnet_d1", num_classes=3, in_chans=1, img_size=8)
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    cutmix = CutMix(prob=1.0, beta=1.0)
+    loss = minibatch_loss(model, x, y, None, torch.Generator().manual_seed(5), cutmix)
+    mixed, partner, weight = cutmix(x, y, torch.Generator().manual_seed(5))
+    logits = model(mixed)
+    expected = weight * torch.nn.functional.cross_entropy(logits, y) + (
+        1 - weight
+    ) * torch.nn.functional.cross_entropy(logits, partner)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_the_random_baseline_holds_real_images_as_many_as_the_export_stores(digits):
+    from dataclasses import replace
+
+    from pdd_hub.evaluate import random_baseline
+
+    pdd = toy_pdd(num_stages=2, ipc=4, classes=10, shape=(1, 8, 8))
+    pdd.schedule.stages = [replace(s, stored_ipc=1) for s in pdd.schedule.stages]  # as IDC with factor 2
+    baseline = random_baseline(pdd, digits.train, seed=0)
+    assert baseline.schedule.method == "random real"
+    assert [s.ipc for s in baseline.schedule.stages] == [1, 1]  # the storage budget, not the decoded count
+    assert [s.lr for s in baseline.schedule.stages] == [s.lr for s in pdd.schedule.stages]
+    real = pdd.preprocess(digits.train.images).float()
+    picked = []
+    for stage in baseline.stages:
+        assert torch.bincount(stage.labels, minlength=10).tolist() == [1] * 10
+        for image, label in zip(stage.images, stage.labels):
+            match = torch.nonzero((real == image).flatten(1).all(1)).flatten()
+            assert len(match) >= 1 and int(digits.train.labels[match[0]]) == int(label)
+            picked.append(int(match[0]))
+    assert len(set(picked)) == len(picked)  # disjoint across stages
