@@ -17,6 +17,7 @@ methods=${*:-dm idc dsa}
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1
 launch="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no -m pdd_hub.cli"
+eval="python -m pdd_hub.cli eval"
 git rev-parse HEAD >> "$out/commits.txt" 2>/dev/null || true
 
 for m in $methods; do
@@ -25,8 +26,8 @@ for m in $methods; do
     /usr/bin/time -v $launch distill --config "recipes/configs/cifar10_${m}_cpu.yaml" dataset="$data" \
         output_dir="$out/single_$m" num_stages=1 ipc_per_stage=10 iterations=500 progress=false \
         2>&1 | tee -a "$out/single_$m.log"
-    [ -f "$out/eval_pdd_$m.json" ] || /usr/bin/time -v pdd-hub eval "$out/pdd_$m/dataset" --real "$data" \
+    [ -f "$out/eval_pdd_$m.json" ] || /usr/bin/time -v $eval "$out/pdd_$m/dataset" --real "$data" \
         --model convnet_d3 --seeds 3 --baseline random --output "$out/eval_pdd_$m.json" 2>&1 | tee -a "$out/eval_pdd_$m.log"
-    [ -f "$out/eval_single_$m.json" ] || /usr/bin/time -v pdd-hub eval "$out/single_$m/dataset" --real "$data" \
+    [ -f "$out/eval_single_$m.json" ] || /usr/bin/time -v $eval "$out/single_$m/dataset" --real "$data" \
         --model convnet_d3 --seeds 3 --output "$out/eval_single_$m.json" 2>&1 | tee -a "$out/eval_single_$m.log"
 done

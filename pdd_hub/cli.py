@@ -55,6 +55,8 @@ def _eval(args: argparse.Namespace) -> int:
         "accelerator": accelerator,
         "real_name": args.real,
         "runs_dir": None if args.no_resume else Path(args.output).with_suffix(".runs"),
+        "batched": args.batched,
+        "precision": args.precision,
     }
     report = evaluate_export(pdd, test, models, seeds, **settings)
     if args.baseline == "random":
@@ -197,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train the same models, with the same recipe, on as many random real training images "
         "per stage (rows marked [random real])",
     )
+    ev.add_argument(
+        "--batched",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the seeds of a model at once, stacked under vmap (default: on GPUs, not on CPUs)",
+    )
+    ev.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: autocast the forward passes (faster where the hardware has bf16; see docs/RESULTS.md)",
+    )
     ev.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
     ev.add_argument(
         "--no-resume",
@@ -243,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("eval", "select"):  # the commands that train networks: every core
+            from pdd_hub.runtime import configure_threads
+
+            configure_threads()
         return args.func(args)
     except PDDError as exc:
         print(f"pdd-hub {args.command}: error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,14 +21,15 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
+from pdd_hub.batched import train_many
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.hub import PDDDataset, SyntheticStage, stage_checksum
 from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
 from pdd_hub.rng import stream
-from pdd_hub.runtime import make_accelerator
-from pdd_hub.train import evaluate_accuracy, plan_stages, recipe_augmentations, train_stages
+from pdd_hub.runtime import batch_networks_by_default, make_accelerator
+from pdd_hub.train import plan_stages, recipe_augmentations
 
 BASELINES = ("random",)
 
@@ -170,6 +172,20 @@ def _saved_run(runs_dir: Path | None, key: dict) -> list[float] | None:
     return saved["accuracy"] if saved.get("key") == key else None
 
 
+@dataclass
+class EvalSetup:
+    """What every run of one evaluation shares."""
+
+    pdd: PDDDataset
+    plans: list
+    test: tuple[torch.Tensor, torch.Tensor]  # preprocessed test images and labels, on the device
+    key: Callable[[str, int], dict]  # run_key for (model label, seed)
+    runs_dir: Path | None
+    batched: bool
+    precision: str
+    show: bool
+
+
 def evaluate_export(
     pdd: PDDDataset,
     test: ImageSet,
@@ -183,10 +199,13 @@ def evaluate_export(
     progress: bool = True,
     runs_dir: str | Path | None = None,
     tag: str = "",
+    batched: bool | None = None,
+    precision: str = "fp32",
 ) -> EvalReport:
     """Train every model with every seed on the export's schedule, with the recipe it records
     (augmentation, CutMix, LR schedule); test after each phase. Models appear in the report as
-    ``name + tag`` (e.g. ``" [random real]"`` for a baseline).
+    ``name + tag`` (e.g. ``" [random real]"`` for a baseline). The seeds of a model train stacked
+    (``batched``; default: on GPUs) and the runs are split over accelerate's processes.
 
     ``runs_dir`` keeps one JSON per finished (model, seed) run; runs found there with the same
     export, schedule, test set and settings are reused instead of retrained.
@@ -199,48 +218,25 @@ def evaluate_export(
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
     plans = plan_stages(pdd, mode, epochs_per_stage)
-    augment, cutmix = recipe_augmentations(pdd.schedule.training)
-    test_x = pdd.preprocess.apply_all(test.images.to(device))
-    test_y = test.labels.to(device)
-    channels, size = pdd.schedule.image_shape[0], pdd.schedule.image_shape[1]
-
     runs_dir = Path(runs_dir) if runs_dir is not None else None
     test_digest = test_set_digest(test) if runs_dir is not None else ""
+    setup = EvalSetup(
+        pdd=pdd,
+        plans=plans,
+        test=(pdd.preprocess.apply_all(test.images.to(device)), test.labels.to(device)),
+        key=lambda label, seed: run_key(pdd, test_digest, real_name, mode, plans, label, seed),
+        runs_dir=runs_dir,
+        batched=batch_networks_by_default(device) if batched is None else batched,
+        precision=precision,
+        show=progress and accelerator.is_main_process,
+    )
     jobs = [(name, seed) for name in model_names for seed in seeds]
-    label = {name: name + tag for name in model_names}
-    results = []
-    show = progress and accelerator.is_main_process
     with accelerator.split_between_processes(jobs) as my_jobs:
-        for name, seed in tqdm(my_jobs, desc="eval runs", disable=not show):
-            key = run_key(pdd, test_digest, real_name, mode, plans, label[name], seed)
-            saved = _saved_run(runs_dir, key)
-            if saved is not None:
-                tqdm.write(f"{label[name]} seed {seed}: reusing the finished run in {runs_dir}")
-                results.append((label[name], seed, saved))
-                continue
-            set_seed(seed)
-            model = create_model(name, pdd.schedule.num_classes, channels, size).to(device)
-            generator = torch.Generator().manual_seed(seed)
-            accs: list[float] = []
-
-            def test_after_stage(_stage: int, trained: torch.nn.Module, accs: list[float] = accs) -> None:
-                accs.append(evaluate_accuracy(trained, test_x, test_y))
-
-            train_stages(
-                model,
-                plans,
-                augment=augment,
-                cutmix=cutmix,
-                generator=generator,
-                after_stage=test_after_stage,
-                progress=show,
-                description=f"{label[name]} seed {seed}",
-            )
-            line = ", ".join(f"{100 * a:.2f}" for a in accs)
-            tqdm.write(f"{label[name]} seed {seed}: test accuracy {line}")
-            if runs_dir is not None:
-                save_json({"key": key, "accuracy": accs}, _run_file(runs_dir, label[name], seed))
-            results.append((label[name], seed, accs))
+        results = [
+            (name + tag, seed, accs)
+            for name in dict.fromkeys(n for n, _ in my_jobs)
+            for seed, accs in run_model_seeds(setup, name, [s for n, s in my_jobs if n == name], tag)
+        ]
     results = gather_object(results) if accelerator.num_processes > 1 else results
 
     report = EvalReport(
@@ -251,7 +247,50 @@ def evaluate_export(
         epochs=[p.epochs for p in plans],
     )
     for name in model_names:
-        report.accuracies[label[name]] = {}
-    for name, seed, accs in results:
-        report.accuracies[name][seed] = accs
+        report.accuracies[name + tag] = {}
+    for label, seed, accs in results:
+        report.accuracies[label][seed] = accs
     return report
+
+
+def run_model_seeds(setup: EvalSetup, name: str, seeds: list[int], tag: str) -> list[tuple[int, list[float]]]:
+    """Test accuracies after each phase of model ``name`` for each seed: reused where a saved run
+    matches, else trained (the seeds together); every finished run is saved at once."""
+    label = name + tag
+    done, todo = [], []
+    for seed in seeds:
+        saved = _saved_run(setup.runs_dir, setup.key(label, seed))
+        if saved is not None:
+            tqdm.write(f"{label} seed {seed}: reusing the finished run in {setup.runs_dir}")
+            done.append((seed, saved))
+        else:
+            todo.append(seed)
+    schedule, device = setup.pdd.schedule, setup.test[0].device
+    channels, size = schedule.image_shape[0], schedule.image_shape[1]
+    models = []
+    for seed in todo:
+        set_seed(seed)  # the model's initialisation
+        models.append(create_model(name, schedule.num_classes, channels, size).to(device))
+    augment, cutmix = recipe_augmentations(schedule.training)
+    groups = [todo] if setup.batched else [[seed] for seed in todo]
+    for group in groups:
+        accuracies = train_many(
+            [models[todo.index(seed)] for seed in group],
+            setup.plans,
+            augment=augment,
+            cutmix=cutmix,
+            generators=[torch.Generator().manual_seed(seed) for seed in group],
+            batched=setup.batched,
+            precision=setup.precision,
+            test=setup.test,
+            progress=setup.show,
+            description=f"{label} seed{'s' if len(group) > 1 else ''} {', '.join(map(str, group))}",
+        )
+        for seed, accs in zip(group, accuracies, strict=True):
+            tqdm.write(f"{label} seed {seed}: test accuracy " + ", ".join(f"{100 * a:.2f}" for a in accs))
+            if setup.runs_dir is not None:
+                save_json(
+                    {"key": setup.key(label, seed), "accuracy": accs}, _run_file(setup.runs_dir, label, seed)
+                )
+            done.append((seed, accs))
+    return sorted(done)

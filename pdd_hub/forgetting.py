@@ -68,5 +68,7 @@ def forgetting_scores(run: Run) -> torch.Tensor:
             accelerator=run.accelerator,
             track_forgetting=True,
             progress=cfg.progress,
+            batched=run.batch_networks,
+            precision=cfg.precision,
         )
     return ExpertSet.load(directory).forgetting_scores()

@@ -22,19 +22,19 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
+from pdd_hub.batched import train_many
 from pdd_hub.config import PDDConfig
 from pdd_hub.distill import distill_stage
 from pdd_hub.forgetting import stage_pool
 from pdd_hub.io import save_tensors
 from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.methods.base import StageContext
-from pdd_hub.methods.params import build_network, flat_params, load_flat_params
+from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.rng import stream
 from pdd_hub.run import FinishedStage, Run
 from pdd_hub.runtime import make_accelerator
-from pdd_hub.train import StagePlan, evaluate_accuracy, train_stages
+from pdd_hub.train import StagePlan, TrainingRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ def stage_context(run: Run, stage: int, start_states: torch.Tensor, start_stage:
         seed=cfg.seed,
         generator=stream(cfg.seed, "stage", stage, "process", run.accelerator.process_index, "loss"),
         preprocess=run.preprocess,
+        batch_networks=run.batch_networks,
+        precision=cfg.precision,
         progress=cfg.progress,
     )
 
@@ -207,15 +209,15 @@ def validation_accuracy(
         epochs=cfg.eval.epochs,
         batch_size=cfg.eval.batch_size,
     )
-    augment, cutmix = recipe.augmentations()
-    accs = []
     with run.accelerator.split_between_processes(list(range(cfg.eval.num_models))) as mine:
-        for j in mine:
-            model = build_network(cfg.model, run.num_classes, run.image_shape).to(run.device)
-            load_flat_params(model, start_states[j % len(start_states)].to(run.device))
-            generator = stream(cfg.seed, "validation", stage, iteration, j)
-            train_stages(model, [plan], augment=augment, cutmix=cutmix, generator=generator)
-            accs.append(evaluate_accuracy(model, run.val.images, run.val.labels))
+        accs = train_networks(
+            run,
+            recipe,
+            [plan],
+            [start_states[j % len(start_states)] for j in mine],
+            [stream(cfg.seed, "validation", stage, iteration, j) for j in mine],
+            test=(run.val.images, run.val.labels),
+        )
     if run.accelerator.num_processes > 1:
         accs = gather_object(accs)
     return sum(accs) / len(accs)
@@ -225,7 +227,8 @@ def transition(
     run: Run, distiller: Distiller, next_stage: int, start_states: torch.Tensor, finished: list[FinishedStage]
 ) -> torch.Tensor:
     """Train each start state on stages 1..k (their union, with stage k's LR and the method's recipe)
-    so that stage k+1 starts where training on the distilled data so far ends. Resumable per network."""
+    so that stage k+1 starts where training on the distilled data so far ends. Resumable: each
+    network's result is kept as soon as it is there."""
     path = run.layout.start_states_file(next_stage)
     if run.exists_on_all(path):
         return load_file(str(path))["states"]
@@ -240,23 +243,63 @@ def transition(
         lr=finished[-1].lr,
         epochs=cfg.transition.syn_epochs,
     )
-    augment, cutmix = recipe.augmentations()
     parts = run.layout.start_states_parts(next_stage)
     count = len(start_states)
     mine = list(range(run.accelerator.process_index, count, run.accelerator.num_processes))
-    show = cfg.progress and run.accelerator.is_main_process
-    for i in tqdm(mine, desc=f"transition to stage {next_stage}", disable=not show):
-        part = parts / f"{i:04d}.safetensors"
-        if part.exists():
-            continue
-        model = build_network(cfg.model, run.num_classes, run.image_shape).to(run.device)
-        load_flat_params(model, start_states[i].to(run.device))
-        generator = stream(cfg.seed, "transition", next_stage, i)
-        train_stages(model, [plan], augment=augment, cutmix=cutmix, generator=generator)
-        save_tensors({"state": flat_params(model).cpu()}, part)
+    todo = [i for i in mine if not (parts / f"{i:04d}.safetensors").exists()]
+    logger.info("transition to stage %d: training %d of %d networks here", next_stage, len(todo), count)
+    chunk = len(todo) if run.batch_networks else 1  # one at a time: each is kept as soon as it is done
+    for first in range(0, len(todo), max(1, chunk)):
+        group = todo[first : first + max(1, chunk)]
+        trained = []
+        train_networks(
+            run,
+            recipe,
+            [plan],
+            [start_states[i] for i in group],
+            [stream(cfg.seed, "transition", next_stage, i) for i in group],
+            trained=trained,
+        )
+        for i, state in zip(group, trained, strict=True):
+            save_tensors({"state": state}, parts / f"{i:04d}.safetensors")
     run.accelerator.wait_for_everyone()
     states = torch.stack([load_file(str(parts / f"{i:04d}.safetensors"))["state"] for i in range(count)])
     if run.accelerator.is_main_process:
         save_tensors({"states": states}, path)
     run.accelerator.wait_for_everyone()
     return states
+
+
+def train_networks(
+    run: Run,
+    recipe: TrainingRecipe,
+    plans: list[StagePlan],
+    states: list[torch.Tensor],
+    generators: list[torch.Generator],
+    *,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    trained: list[torch.Tensor] | None = None,
+) -> list[float]:
+    """Train networks of the run's architecture from ``states`` with ``recipe`` (stacked when the run
+    batches networks); returns their final accuracy on ``test`` and appends their final flat
+    parameters to ``trained``."""
+    cfg = run.config
+    models = []
+    for state in states:
+        model = build_network(cfg.model, run.num_classes, run.image_shape).to(run.device)
+        load_flat_params(model, state.to(run.device))
+        models.append(model)
+    augment, cutmix = recipe.augmentations()
+    accuracies = train_many(
+        models,
+        plans,
+        augment=augment,
+        cutmix=cutmix,
+        generators=generators,
+        batched=run.batch_networks,
+        precision=cfg.precision,
+        test=test,
+    )
+    if trained is not None:
+        trained.extend(flat_params(model).cpu() for model in models)
+    return [acc[-1] for acc in accuracies] if test is not None else []

@@ -33,10 +33,11 @@ from pdd_hub.data import ImageSet, Preprocess, RealData, load_real_data
 from pdd_hub.errors import ConfigError, ModelNotFoundError
 from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
 from pdd_hub.io import load_json, save_json, save_tensors
-from pdd_hub.methods.params import build_network, flat_params
 from pdd_hub.models import check_model_builds
+from pdd_hub.params import build_network, flat_params
 from pdd_hub.registry import METHODS
 from pdd_hub.rng import stream, stream_seed
+from pdd_hub.runtime import batch_networks_by_default
 from pdd_hub.train import TrainingRecipe
 from pdd_hub.viz import plot_accuracy_per_stage, save_image_grid
 
@@ -157,6 +158,12 @@ class Run:
     @property
     def dataset_dir(self) -> Path:
         return self.layout.dataset_dir
+
+    @property
+    def batch_networks(self) -> bool:
+        """Whether many networks train at once (the config's ``batch_networks``, else by device)."""
+        setting = self.config.batch_networks
+        return batch_networks_by_default(self.device) if setting is None else setting
 
     def fewest_per_class(self) -> int:
         """Training examples of the smallest class (after ``train_per_class``)."""

@@ -13,6 +13,7 @@ use the CPU; otherwise each would run alone and they would overwrite each other'
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -73,3 +74,21 @@ def process_state(cpu: bool = False) -> PartialState:
 def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
     """``Accelerator(**kwargs)``, distributed over the CPU where that is what the launcher meant."""
     return Accelerator(cpu=cpu or distributed_without_gpu(), **kwargs)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision="bf16"`` (forward passes in bf16, weights and
+    optimiser in fp32), nothing for ``"fp32"``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def batch_networks_by_default(device: torch.device) -> bool:
+    """Whether many networks train stacked under vmap by default: on accelerators, where one small
+    network leaves most of the device idle; not on a CPU, where one network already keeps every
+    core busy and the stacked kernels measured slower (docs/RESULTS.md)."""
+    return device.type != "cpu"

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pdd_hub.augment import DSA, CutMix, build_augment
 from pdd_hub.hub import PDDDataset
+from pdd_hub.runtime import autocast
 
 MODES = ("progressive", "sequential", "union")
 # step_at_half: LR x 0.1 after half of a stage's epochs (DC, DSA, DM, MTT, PDD);
@@ -142,6 +143,7 @@ def train_stages(
     cutmix: CutMix | None = None,
     after_stage: Callable[[int, nn.Module], None] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    precision: str = "fp32",
     progress: bool = False,
     description: str = "train",
 ) -> torch.optim.Optimizer:
@@ -163,7 +165,9 @@ def train_stages(
                 group["lr"] = lr_at(plan.lr_schedule, plan.lr, epoch, plan.epochs)
                 group["momentum"] = plan.momentum
                 group["weight_decay"] = plan.weight_decay
-            train_epoch(model, optimizer, images, labels, plan.batch_size, augment, generator, cutmix)
+            train_epoch(
+                model, optimizer, images, labels, plan.batch_size, augment, generator, cutmix, precision
+            )
             bar.update(1)
         if after_stage is not None:
             after_stage(k, model)
@@ -180,13 +184,15 @@ def train_epoch(
     augment: DSA | None,
     generator: torch.Generator,
     cutmix: CutMix | None = None,
+    precision: str = "fp32",
 ) -> float:
     """One pass over ``images`` in shuffled minibatches; returns the mean loss."""
     order = torch.randperm(len(images), generator=generator).to(images.device)
     total = 0.0
     for start in range(0, len(images), batch_size):
         idx = order[start : start + batch_size]
-        loss = minibatch_loss(model, images[idx], labels[idx], augment, generator, cutmix)
+        with autocast(images.device, precision):
+            loss = minibatch_loss(model, images[idx], labels[idx], augment, generator, cutmix)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -12,7 +12,7 @@ from pdd_hub.config import config_from_dict
 from pdd_hub.data.images import ImageSet
 from pdd_hub.methods import build_distiller
 from pdd_hub.methods.base import StageContext
-from pdd_hub.methods.params import build_network, flat_params, load_flat_params
+from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.run import RunLayout
 
 CLASSES, PER_CLASS, SHAPE = 3, 6, (1, 8, 8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -11,9 +12,9 @@ from torch import nn
 
 from pdd_hub.augment import DSA
 from pdd_hub.config import ExpertConfig, PDDConfig
-from pdd_hub.methods.experts import ExpertSet, train_experts, train_one_expert
+from pdd_hub.methods.experts import ExpertSet, train_experts
 from pdd_hub.methods.mtt import MTT, MTTConfig
-from pdd_hub.methods.params import build_network, flat_params, load_flat_params, unflatten
+from pdd_hub.params import build_network, flat_params, load_flat_params, unflatten
 
 
 def toy_data(n: int = 60, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,54 +68,66 @@ def test_expert_epochs_differ_and_start_from_the_given_state(tmp_path):
     assert scores.shape == (60,) and scores.dtype == torch.long and (scores >= 0).all()
 
 
-def test_interrupted_expert_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
+def train_toy_experts(directory, batched: bool = False, count: int = 2):
     x, y = toy_data()
-    model_init = build_network("convnet_d1", 3, (1, 8, 8), seed=1)
-    cfg = ExpertConfig(batch_size=16, lr=0.05, momentum=0.9)  # momentum: optimiser state must resume too
+    starts = torch.stack(
+        [flat_params(build_network("convnet_d1", 3, (1, 8, 8), seed=s)) for s in range(count)]
+    )
+    return train_experts(
+        directory,
+        model_name="convnet_d1",
+        num_classes=3,
+        image_shape=(1, 8, 8),
+        train_x=x,
+        train_y=y,
+        pool=None,
+        start_states=starts,
+        epochs=5,
+        config=ExpertConfig(batch_size=16, lr=0.05, momentum=0.9),  # momentum: its state must resume too
+        augment=DSA(),
+        seed=3,
+        accelerator=Accelerator(cpu=True),
+        track_forgetting=True,
+        progress=False,
+        batched=batched,
+    )
 
-    def run(final: str, interrupt_after: int | None = None):
-        model = build_network("convnet_d1", 3, (1, 8, 8))
-        load_flat_params(model, flat_params(model_init))
-        calls = {"n": 0}
-        if interrupt_after is not None:
-            import pdd_hub.methods.experts as experts_mod
 
-            real_save = experts_mod.save_tensors
+@pytest.mark.parametrize("batched", [False, True])
+def test_interrupted_experts_resume_to_the_same_trajectories(tmp_path, monkeypatch, batched):
+    import pdd_hub.methods.experts as experts_mod
 
-            def flaky_save(tensors, path, metadata=None):
-                real_save(tensors, path, metadata)
-                if path.name == "state.safetensors":
-                    calls["n"] += 1
-                    if calls["n"] == interrupt_after:
-                        raise KeyboardInterrupt
+    straight = train_toy_experts(tmp_path / "straight", batched)
+    real_save = experts_mod.save_tensors
+    calls = {"n": 0}
 
-            monkeypatch.setattr(experts_mod, "save_tensors", flaky_save)
-        train_one_expert(
-            model,
-            x,
-            y,
-            torch.arange(len(x)),
-            5,
-            cfg,
-            DSA(),
-            torch.Generator().manual_seed(3),
-            partial_dir=tmp_path / f"{final}.partial",
-            final_path=tmp_path / f"{final}.safetensors",
-            track_forgetting=True,
-        )
+    def flaky_save(tensors, path, metadata=None):
+        real_save(tensors, path, metadata)
+        if path.name == "state.safetensors":
+            calls["n"] += 1
+            if calls["n"] == 2:  # after the second epoch of the first (or only) group
+                raise KeyboardInterrupt
 
-    run("straight")
+    monkeypatch.setattr(experts_mod, "save_tensors", flaky_save)
     with contextlib.suppress(KeyboardInterrupt):
-        run("killed", interrupt_after=2)
+        train_toy_experts(tmp_path / "killed", batched)
     monkeypatch.undo()
-    assert not (tmp_path / "killed.safetensors").exists() and (tmp_path / "killed.partial").exists()
-    run("killed")  # resume
-    from safetensors.torch import load_file
+    assert (
+        list((tmp_path / "killed").glob("*.partial")) and not (tmp_path / "killed" / "manifest.json").exists()
+    )
+    resumed = train_toy_experts(tmp_path / "killed", batched)
+    assert not list((tmp_path / "killed").glob("*.partial"))
+    for i in range(2):
+        assert torch.equal(resumed.trajectory(i), straight.trajectory(i))
+    assert torch.equal(resumed.forgetting_scores(), straight.forgetting_scores())
 
-    a, b = load_file(str(tmp_path / "straight.safetensors")), load_file(str(tmp_path / "killed.safetensors"))
-    assert torch.equal(a["trajectory"], b["trajectory"])
-    assert torch.equal(a["forgetting_events"], b["forgetting_events"])
-    assert not (tmp_path / "killed.partial").exists()
+
+def test_experts_trained_together_follow_the_path_each_follows_alone(tmp_path):
+    alone = train_toy_experts(tmp_path / "alone", batched=False, count=3)
+    together = train_toy_experts(tmp_path / "together", batched=True, count=3)
+    for i in range(3):
+        torch.testing.assert_close(together.trajectory(i), alone.trajectory(i), rtol=1e-4, atol=1e-5)
+        assert not torch.equal(alone.trajectory(i)[0], alone.trajectory(i)[-1])
 
 
 class TinyNet(nn.Module):
@@ -202,3 +215,28 @@ def test_unflatten_views_the_flat_vector():
     flat = torch.arange(15, dtype=torch.float32)
     params = unflatten(model, flat)
     assert params["fc.weight"].shape == (3, 4) and params["fc.bias"].tolist() == [12.0, 13.0, 14.0]
+
+
+def test_constant_memory_unroll_gives_the_gradients_of_backpropagation_through_the_unroll():
+    """The exact gradient in constant memory: image and LR gradients equal the unrolled ones."""
+    network = build_network("convnet_d1", 3, (1, 8, 8), seed=2)
+    start = flat_params(network)
+    target = start + 0.05 * torch.randn(start.shape, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(9, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 2] * 3)
+    grads = {}
+    for memory in ("unrolled", "constant"):
+        config = MTTConfig(
+            syn_steps=6, batch_syn=4, expert_epochs=1, max_start_epoch=1, lr_init=0.05, memory=memory
+        )
+        mtt = MTT(config, PDDConfig(), num_classes=3, image_shape=(1, 8, 8))
+        mtt.match(
+            [start[None]], network, augment=DSA(), generator=torch.Generator().manual_seed(7), batch_syn=4
+        )
+        x = images.clone().requires_grad_(True)
+        student = mtt.unroll(x, labels, start)
+        loss = (student - target).pow(2).sum() / (start - target).pow(2).sum()
+        grads[memory] = (student.detach(), *torch.autograd.grad(loss, [x, mtt.syn_lr]))
+    for unrolled, constant in zip(grads["unrolled"], grads["constant"]):
+        torch.testing.assert_close(constant, unrolled, rtol=1e-4, atol=1e-7)
+    assert grads["constant"][1].abs().sum() > 0 and grads["constant"][2].abs() > 0

@@ -11,13 +11,14 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
+import pdd_hub.batched as batched
 import pdd_hub.progressive as progressive
 from pdd_hub.config import config_from_dict
 from pdd_hub.errors import ConfigError, DistillationDivergedError
 from pdd_hub.hub import load_pdd
 from pdd_hub.methods.experts import ExpertSet
 from pdd_hub.methods.mtt import MTT
-from pdd_hub.methods.params import build_network, load_flat_params
+from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.progressive import run_pdd
 from pdd_hub.rng import stream
 from pdd_hub.train import StagePlan, train_stages
@@ -238,7 +239,7 @@ def test_kill_mid_stage_between_checkpoints_and_in_the_transition(tmp_path, fini
     config = tiny(tmp_path)
     calls = {"loss": 0, "transition": 0}
     real_loss = MTT.loss
-    real_train = progressive.train_stages
+    real_train = batched.train_stages
 
     def dying_loss(self, images, labels):
         calls["loss"] += 1
@@ -253,11 +254,11 @@ def test_kill_mid_stage_between_checkpoints_and_in_the_transition(tmp_path, fini
                 raise KeyboardInterrupt("killed in the transition")
         return real_train(model, plans, **kwargs)
 
-    monkeypatch.setattr(progressive, "train_stages", dying_train)
+    monkeypatch.setattr(batched, "train_stages", dying_train)
     with pytest.raises(KeyboardInterrupt, match="transition"):
         run_pdd(config, Accelerator(cpu=True))
     assert len(list((tmp_path / "run" / "start_states" / "stage_2.parts").iterdir())) == 1
-    monkeypatch.setattr(progressive, "train_stages", real_train)
+    monkeypatch.setattr(batched, "train_stages", real_train)
     monkeypatch.setattr(MTT, "loss", dying_loss)
     with pytest.raises(KeyboardInterrupt, match="killed"):
         run_pdd(config, Accelerator(cpu=True))

@@ -13,6 +13,8 @@ from tests.test_pdd import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = SUBPROCESS_ENV
+# the thread count the recipes choose themselves (no override from the calling shell)
+DEFAULT_THREADS_ENV = {k: v for k, v in ENV.items() if k != "PDD_HUB_NUM_THREADS"}
 
 
 def overrides(config: dict, prefix: str = "") -> list[str]:
@@ -27,7 +29,7 @@ def overrides(config: dict, prefix: str = "") -> list[str]:
 
 def launch(script: str, args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
     cmd = [*accelerate_cpu(processes), str(REPO / "recipes" / script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True, env=DEFAULT_THREADS_ENV, cwd=REPO, timeout=900)
 
 
 def test_bad_config_key_fails_before_any_work(tmp_path):
@@ -115,7 +117,11 @@ def test_accelerate_launch_of_the_cli_distils_with_two_processes_and_shares_the_
         "progress=false",
     ]
     result = subprocess.run(
-        [*accelerate_cpu(2), "-m", "pdd_hub.cli", *args], capture_output=True, text=True, env=ENV, cwd=REPO
+        [*accelerate_cpu(2), "-m", "pdd_hub.cli", *args],
+        capture_output=True,
+        text=True,
+        env=DEFAULT_THREADS_ENV,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     pdd = load_pdd(out / "dataset")

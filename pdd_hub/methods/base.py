@@ -29,7 +29,7 @@ from pdd_hub.augment import DSA, augment_spec, build_augment
 from pdd_hub.config import PDDConfig
 from pdd_hub.data.images import ImageSet
 from pdd_hub.data.transforms import Preprocess
-from pdd_hub.methods.params import build_network, flat_params
+from pdd_hub.params import build_network, flat_params
 from pdd_hub.rng import Name, stream, stream_seed
 from pdd_hub.train import TrainingRecipe
 
@@ -52,6 +52,8 @@ class StageContext:
     seed: int
     generator: torch.Generator  # this process's stream of the stage, for the loss's draws
     preprocess: Preprocess | None = None  # how real pixels became ``real`` (e.g. for clamping)
+    batch_networks: bool = False  # train many networks at once (experts)
+    precision: str = "fp32"  # of network training
     progress: bool = True
 
     def stream(self, *name: Name) -> torch.Generator:

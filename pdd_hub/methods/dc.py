@@ -30,7 +30,7 @@ from pdd_hub.methods.matching import (
     matched_parameters,
     real_class_batch,
 )
-from pdd_hub.methods.params import build_network, flat_params, load_flat_params
+from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.registry import register_method
 from pdd_hub.train import train_epoch
 

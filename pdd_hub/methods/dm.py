@@ -22,7 +22,7 @@ from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, positive
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.matching import real_class_batch
-from pdd_hub.methods.params import build_network, load_flat_params
+from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.registry import register_method
 
 

@@ -21,17 +21,13 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from pdd_hub.augment import DSA
+from pdd_hub.batched import Networks, as_networks, momentum_of, set_momentum_of
 from pdd_hub.config import ExpertConfig
 from pdd_hub.io import load_json, save_json, save_tensors
 from pdd_hub.methods.base import StageContext
-from pdd_hub.methods.params import (
-    build_network,
-    flat_params,
-    load_flat_params,
-    momentum_buffers,
-    set_momentum_buffers,
-)
+from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.rng import stream
+from pdd_hub.runtime import autocast
 
 MANIFEST = "manifest.json"
 
@@ -103,59 +99,87 @@ def train_experts(
     stage: int = 1,
     track_forgetting: bool = False,
     progress: bool = True,
+    batched: bool = False,
+    precision: str = "fp32",
 ) -> ExpertSet:
     """Train one expert from each row of ``start_states`` on ``train_x[pool]`` for ``epochs`` epochs,
     skipping finished experts and resuming unfinished ones; expert i of ``stage`` draws from the
-    stream ``("experts", stage, i)`` of ``seed``. Returns the loaded :class:`ExpertSet`."""
+    stream ``("experts", stage, i)`` of ``seed``. The experts of a process train one at a time, or
+    stacked together with ``batched``. Returns the loaded :class:`ExpertSet`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     num_experts = len(start_states)
     pool = torch.arange(len(train_x)) if pool is None else pool.cpu()
     mine = list(range(accelerator.process_index, num_experts, accelerator.num_processes))
-    show = progress and accelerator.is_main_process
-    for index in tqdm(mine, desc=f"experts ({directory.name})", disable=not show):
-        if expert_file(directory, index).exists():
-            continue
-        model = build_network(model_name, num_classes, image_shape).to(train_x.device)
-        load_flat_params(model, start_states[index].to(train_x.device))
-        generator = stream(seed, "experts", stage, index)
-        train_one_expert(
-            model,
+    todo = [i for i in mine if not expert_file(directory, i).exists()]
+    size = max(1, len(todo)) if batched else 1
+    groups = [todo[first : first + size] for first in range(0, len(todo), size)]
+    for group in tqdm(
+        groups, desc=f"experts ({directory.name})", disable=not (progress and accelerator.is_main_process)
+    ):
+        models = []
+        for i in group:
+            model = build_network(model_name, num_classes, image_shape).to(train_x.device)
+            load_flat_params(model, start_states[i].to(train_x.device))
+            models.append(model)
+        ExpertGroup(directory, group, config, track_forgetting, precision).train(
+            as_networks(models),
             train_x,
             train_y,
             pool,
             epochs,
-            config,
             augment,
-            generator,
-            partial_dir=directory / f"expert_{index:03d}.partial",
-            final_path=expert_file(directory, index),
-            track_forgetting=track_forgetting,
+            [stream(seed, "experts", stage, i) for i in group],
         )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        manifest = {
-            "format_version": 1,
-            "model": model_name,
-            "num_classes": num_classes,
-            "image_shape": list(image_shape),
-            "num_experts": num_experts,
-            "epochs": epochs,
-            "num_params": int(start_states.shape[1]),
-            "optimizer": {
-                "name": "sgd",
-                "lr": config.lr,
-                "momentum": config.momentum,
-                "weight_decay": config.weight_decay,
-                "batch_size": config.batch_size,
-            },
-            "train_examples": len(pool),
-            "forgetting": track_forgetting,
-            "files": [expert_file(directory, i).name for i in range(num_experts)],
-        }
-        save_json(manifest, directory / MANIFEST)
+        save_json(
+            manifest(
+                model_name,
+                num_classes,
+                image_shape,
+                start_states,
+                epochs,
+                config,
+                len(pool),
+                track_forgetting,
+            ),
+            directory / MANIFEST,
+        )
     accelerator.wait_for_everyone()
     return ExpertSet.load(directory)
+
+
+def manifest(
+    model_name: str,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    start_states: torch.Tensor,
+    epochs: int,
+    config: ExpertConfig,
+    train_examples: int,
+    track_forgetting: bool,
+) -> dict:
+    """What ``manifest.json`` says about a stage's experts."""
+    return {
+        "format_version": 1,
+        "model": model_name,
+        "num_classes": num_classes,
+        "image_shape": list(image_shape),
+        "num_experts": len(start_states),
+        "epochs": epochs,
+        "num_params": int(start_states.shape[1]),
+        "optimizer": {
+            "name": "sgd",
+            "lr": config.lr,
+            "momentum": config.momentum,
+            "weight_decay": config.weight_decay,
+            "batch_size": config.batch_size,
+        },
+        "train_examples": train_examples,
+        "forgetting": track_forgetting,
+        "files": [f"expert_{i:03d}.safetensors" for i in range(len(start_states))],
+    }
 
 
 def experts_for_stage(
@@ -191,90 +215,150 @@ def experts_for_stage(
         accelerator=ctx.accelerator,
         track_forgetting=track_forgetting and expert_stage == 1,
         progress=ctx.progress,
+        batched=ctx.batch_networks,
+        precision=ctx.precision,
     )
 
 
-def train_one_expert(
-    model: torch.nn.Module,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    pool: torch.Tensor,
-    epochs: int,
-    config: ExpertConfig,
-    augment: DSA | None,
-    generator: torch.Generator,
-    *,
-    partial_dir: Path,
-    final_path: Path,
-    track_forgetting: bool = False,
-) -> None:
-    """Train ``model`` and write its trajectory to ``final_path``; every finished epoch is saved in
-    ``partial_dir`` first, so a killed run resumes where it stopped, bit for bit on the same device."""
-    device = train_x.device
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    n = len(train_x)
-    events = torch.zeros(n, dtype=torch.int32, device=device)
-    was_correct = torch.zeros(n, dtype=torch.bool, device=device)
-    ever_learned = torch.zeros(n, dtype=torch.bool, device=device)
-    snapshots = [flat_params(model).cpu()]
-    start_epoch = 0
+class ExpertGroup:
+    """Experts trained together (one, or several stacked), with their snapshots and forgetting
+    counts kept in a partial folder after every epoch, so a killed run resumes where it stopped,
+    bit for bit on the same device; finished experts become ``expert_XXX.safetensors``."""
 
-    state_path = partial_dir / "state.safetensors"
-    if state_path.exists():  # resume an interrupted expert
-        state = load_file(str(state_path))
-        start_epoch = int(state["epoch"])
-        snapshots = [
-            load_file(str(partial_dir / f"epoch_{e:03d}.safetensors"))["params"]
-            for e in range(start_epoch + 1)
-        ]
-        load_flat_params(model, snapshots[-1].to(device))
-        generator.set_state(state["generator"])
-        events, was_correct, ever_learned = (
-            state[k].to(device) for k in ("events", "was_correct", "ever_learned")
+    def __init__(
+        self,
+        directory: Path,
+        indices: list[int],
+        config: ExpertConfig,
+        track_forgetting: bool,
+        precision: str,
+    ) -> None:
+        self.directory, self.indices, self.config = directory, indices, config
+        self.track_forgetting, self.precision = track_forgetting, precision
+        name = (
+            f"expert_{indices[0]:03d}" if len(indices) == 1 else f"experts_{indices[0]:03d}-{indices[-1]:03d}"
         )
-        if "momentum" in state:
-            set_momentum_buffers(optimizer, model, state["momentum"].to(device))
-    else:
-        save_tensors({"params": snapshots[0]}, partial_dir / "epoch_000.safetensors")
+        self.partial = directory / f"{name}.partial"
 
-    model.train()
-    pool_device = pool.to(device)
-    for epoch in range(start_epoch, epochs):
-        order = pool_device[torch.randperm(len(pool), generator=generator).to(device)]
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            x, y = train_x[idx], train_y[idx]
-            if augment is not None:
-                x = augment(x, generator)
-            out = model(x)
-            loss = F.cross_entropy(out, y)
+    def train(
+        self,
+        networks: Networks,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        pool: torch.Tensor,
+        epochs: int,
+        augment: DSA | None,
+        generators: list[torch.Generator],
+    ) -> None:
+        """Train ``epochs`` epochs (from the last saved one), then write each expert's trajectory."""
+        cfg = self.config
+        optimizer = torch.optim.SGD(
+            networks.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.counts = ForgettingCounts(len(networks), len(train_x), train_x.device)
+        snapshots = self.resume(networks, optimizer, generators)
+        networks.template.train()
+        for epoch in range(len(snapshots) - 1, epochs):
+            self.epoch(networks, optimizer, train_x, train_y, pool.to(train_x.device), augment, generators)
+            snapshots.append(networks.flat().cpu())
+            self.save_epoch(epoch + 1, snapshots[-1], networks, optimizer, generators)
+        trajectories = torch.stack(snapshots, dim=1)  # [K, epochs + 1, P]
+        for k, index in enumerate(self.indices):
+            final = {"trajectory": trajectories[k]}
+            if self.track_forgetting:
+                final["forgetting_events"] = self.counts.events[k].cpu()
+                final["ever_learned"] = self.counts.ever_learned[k].cpu().to(torch.uint8)
+            save_tensors(final, expert_file(self.directory, index), metadata={"epochs": str(epochs)})
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def epoch(
+        self,
+        networks: Networks,
+        optimizer: torch.optim.Optimizer,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        pool: torch.Tensor,
+        augment: DSA | None,
+        generators: list[torch.Generator],
+    ) -> None:
+        """One pass over the pool for every expert, each in its own order with its own DSA draws."""
+        orders = [pool[torch.randperm(len(pool), generator=g).to(pool.device)] for g in generators]
+        for start in range(0, len(pool), self.config.batch_size):
+            idx = torch.stack([order[start : start + self.config.batch_size] for order in orders])
+            x = torch.stack(
+                [augment(train_x[i], g) if augment else train_x[i] for i, g in zip(idx, generators)]
+            )
+            y = train_y[idx]
+            with autocast(x.device, self.precision):
+                logits = networks(x)
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(idx), -1)
+                loss = loss.mean(1).sum()  # each expert's gradient is that of its own mean loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if track_forgetting:
-                correct = out.detach().argmax(dim=1) == y
-                events[idx] += (was_correct[idx] & ~correct).int()
-                was_correct[idx] = correct
-                ever_learned[idx] |= correct
-        snapshots.append(flat_params(model).cpu())
-        save_tensors({"params": snapshots[-1]}, partial_dir / f"epoch_{epoch + 1:03d}.safetensors")
-        state = {
-            "epoch": torch.tensor(epoch + 1),
-            "generator": generator.get_state(),
-            "events": events,
-            "was_correct": was_correct,
-            "ever_learned": ever_learned,
-        }
-        momentum = momentum_buffers(optimizer, model)
+            if self.track_forgetting:
+                self.counts.update(idx, logits.detach().argmax(dim=-1) == y)
+
+    def resume(
+        self, networks: Networks, optimizer: torch.optim.Optimizer, generators: list[torch.Generator]
+    ) -> list[torch.Tensor]:
+        """The snapshots so far (``[K, P]`` each); restores an interrupted group's state."""
+        state_path = self.partial / "state.safetensors"
+        if not state_path.exists():
+            first = networks.flat().cpu()
+            save_tensors({"params": first}, self.partial / "epoch_000.safetensors")
+            return [first]
+        state = load_file(str(state_path))
+        done = int(state["epoch"])
+        snapshots = [
+            load_file(str(self.partial / f"epoch_{e:03d}.safetensors"))["params"] for e in range(done + 1)
+        ]
+        device = networks.parameters()[0].device
+        networks.load_flat(snapshots[-1].to(device))
+        for k, generator in enumerate(generators):
+            generator.set_state(state[f"generator_{k}"])
+        self.counts.load(state, device)
+        if "momentum" in state:
+            set_momentum_of(optimizer, networks, state["momentum"].to(device))
+        return snapshots
+
+    def save_epoch(
+        self,
+        epoch: int,
+        snapshot: torch.Tensor,
+        networks: Networks,
+        optimizer: torch.optim.Optimizer,
+        generators: list[torch.Generator],
+    ) -> None:
+        save_tensors({"params": snapshot}, self.partial / f"epoch_{epoch:03d}.safetensors")
+        state = {"epoch": torch.tensor(epoch), **self.counts.state()}
+        state.update({f"generator_{k}": g.get_state() for k, g in enumerate(generators)})
+        momentum = momentum_of(optimizer, networks)
         if momentum is not None:
             state["momentum"] = momentum
-        save_tensors(state, state_path)
+        save_tensors(state, self.partial / "state.safetensors")
 
-    final = {"trajectory": torch.stack(snapshots)}
-    if track_forgetting:
-        final["forgetting_events"] = events.cpu()
-        final["ever_learned"] = ever_learned.cpu().to(torch.uint8)
-    save_tensors(final, final_path, metadata={"epochs": str(epochs)})
-    shutil.rmtree(partial_dir, ignore_errors=True)
+
+class ForgettingCounts:
+    """Per expert and training example: forgetting events (correct at the previous presentation,
+    wrong at this one; Toneva et al. 2019), the last outcome, and whether it was ever learned."""
+
+    def __init__(self, experts: int, examples: int, device: torch.device) -> None:
+        self.events = torch.zeros(experts, examples, dtype=torch.int32, device=device)
+        self.was_correct = torch.zeros(experts, examples, dtype=torch.bool, device=device)
+        self.ever_learned = torch.zeros(experts, examples, dtype=torch.bool, device=device)
+
+    def update(self, idx: torch.Tensor, correct: torch.Tensor) -> None:
+        """Record the outcomes ``correct`` ``[K, B]`` of the presented examples ``idx`` ``[K, B]``."""
+        rows = torch.arange(len(idx), device=idx.device)[:, None].expand_as(idx)
+        self.events[rows, idx] += (self.was_correct[rows, idx] & ~correct).int()
+        self.was_correct[rows, idx] = correct
+        self.ever_learned[rows, idx] |= correct
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"events": self.events, "was_correct": self.was_correct, "ever_learned": self.ever_learned}
+
+    def load(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.events, self.was_correct, self.ever_learned = (
+            state[k].to(device) for k in ("events", "was_correct", "ever_learned")
+        )

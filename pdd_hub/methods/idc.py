@@ -36,7 +36,7 @@ from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
 from pdd_hub.methods.matching import batch_gradients, gradient_distance, matched_parameters, real_class_batch
-from pdd_hub.methods.params import (
+from pdd_hub.params import (
     build_network,
     flat_params,
     load_flat_params,

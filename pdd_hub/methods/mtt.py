@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from pdd_hub.augment import DSA
-from pdd_hub.config import PDDConfig, non_negative, positive
+from pdd_hub.augment import DSA, Sample
+from pdd_hub.config import PDDConfig, non_negative, one_of, positive
 from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
-from pdd_hub.methods.params import build_network, flat_params, unflatten
+from pdd_hub.params import build_network, flat_params, unflatten
 from pdd_hub.registry import register_method
 
 
@@ -40,6 +40,9 @@ class MTTConfig:
     lr_init: float = positive(0.01)  # the learned LR starts here (MTT's lr_teacher)
     lr_min: float = positive(1e-8)  # the learned LR is kept above this (it must stay positive)
     batch_syn: int | None = positive(None)  # default: classes x ipc_per_stage, as in the official code
+    # backward pass of the unroll: keep every step's graph, or recompute one step at a time in reverse
+    # (the same gradient, memory independent of syn_steps); auto: the faster at this size (see RESULTS)
+    memory: str = one_of("auto", "constant", "unrolled")
     momentum: float = non_negative(0.5)  # of the image and LR optimisers
 
     def check(self, run: PDDConfig) -> None:
@@ -118,6 +121,7 @@ class MTT(Distiller):
         self.batch_syn = batch_syn
         device = next(network.parameters()).device
         self.syn_lr = torch.tensor(self.config.lr_init, device=device, requires_grad=True)
+        self.memory_mode = self.config.memory if self.config.memory != "auto" else "unrolled"
 
     def image_optimizer(self) -> dict[str, float]:
         return {"lr": self.config.lr_img, "momentum": self.config.momentum}
@@ -141,19 +145,46 @@ class MTT(Distiller):
 
     def unroll(self, images: torch.Tensor, labels: torch.Tensor, start_params: torch.Tensor) -> torch.Tensor:
         """``syn_steps`` differentiable SGD steps from ``start_params`` on minibatches of ``images``
-        drawn without replacement from the whole union (a new permutation when one is used up)."""
+        drawn without replacement from the whole union (a new permutation when one is used up).
+        ``memory: unrolled`` keeps every step's graph for the backward pass; ``constant`` keeps only
+        the parameters after each step and rebuilds one step's graph at a time in reverse, which
+        gives the same gradient with memory independent of ``syn_steps``."""
+        plan = self.plan_unroll(len(images), tuple(images.shape[-2:]))
+        if self.memory_mode == "constant":
+            return ConstantMemoryUnroll.apply(images, self.syn_lr, start_params, (self, labels, plan))
         differentiable = torch.is_grad_enabled()
         with torch.enable_grad():  # the student's own gradients are needed even under no_grad
             theta = start_params.clone().requires_grad_(True)
-            for idx in self.student_batches(len(images)):
-                x = images[idx]
-                if self.augment is not None:
-                    x = self.augment(x, self.generator)
-                logits = functional_call(self.network, unflatten(self.network, theta), (x,))
-                ce = F.cross_entropy(logits, labels[idx])
-                (grad,) = torch.autograd.grad(ce, theta, create_graph=differentiable)
+            for idx, sample in plan:
+                grad = self.step_gradient(theta, images, labels, idx, sample, create_graph=differentiable)
                 theta = theta - self.syn_lr * grad
         return theta
+
+    def plan_unroll(
+        self, union_size: int, image_size: tuple[int, int]
+    ) -> list[tuple[torch.Tensor, Sample | None]]:
+        """The minibatches of one unroll and the DSA draws of each, drawn before any step, so that a
+        step can be recomputed exactly."""
+        batches = self.student_batches(union_size)
+        if self.augment is None:
+            return [(idx, None) for idx in batches]
+        return [(idx, self.augment.sample(len(idx), image_size, self.generator)) for idx in batches]
+
+    def step_gradient(
+        self,
+        theta: torch.Tensor,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        idx: torch.Tensor,
+        sample: Sample | None,
+        *,
+        create_graph: bool,
+    ) -> torch.Tensor:
+        """The student's gradient at ``theta`` on the (augmented) minibatch ``idx``."""
+        x = images[idx] if sample is None else self.augment.apply(images[idx], sample)
+        logits = functional_call(self.network, unflatten(self.network, theta), (x,))
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels[idx]), theta, create_graph=create_graph)
+        return grad
 
     def student_batches(self, union_size: int) -> list[torch.Tensor]:
         """Index minibatches for one unroll, over the whole union (earlier stages included)."""
@@ -183,3 +214,44 @@ class MTT(Distiller):
 
     def log_values(self) -> dict[str, float]:
         return {"lr": self.stage_lr()}
+
+
+class ConstantMemoryUnroll(torch.autograd.Function):
+    """The student's unroll with an exact backward pass in constant memory: the forward pass keeps
+    the flat parameters after every step (``[syn_steps + 1, P]``) and no graph; the backward pass
+    walks the steps in reverse, rebuilding one step's graph (its gradient with ``create_graph``) to
+    carry the adjoint of the parameters back and accumulate the gradients of the images and the LR.
+    The cross-step second-order terms are all there: the result equals backpropagation through the
+    whole unroll up to the order of floating-point additions."""
+
+    @staticmethod
+    def forward(ctx, images, syn_lr, start_params, closure):
+        mtt, labels, plan = closure
+        thetas = [start_params.detach()]
+        for idx, sample in plan:
+            with torch.enable_grad():
+                theta = thetas[-1].clone().requires_grad_(True)
+                grad = mtt.step_gradient(theta, images.detach(), labels, idx, sample, create_graph=False)
+            thetas.append(thetas[-1] - syn_lr.detach() * grad)
+        ctx.closure = closure
+        ctx.save_for_backward(images, syn_lr, torch.stack(thetas))
+        return thetas[-1].clone()
+
+    @staticmethod
+    def backward(ctx, adjoint):
+        mtt, labels, plan = ctx.closure
+        images, syn_lr, thetas = ctx.saved_tensors
+        grad_images, grad_lr = torch.zeros_like(images), torch.zeros_like(syn_lr)
+        for step in reversed(range(len(plan))):
+            idx, sample = plan[step]
+            with torch.enable_grad():
+                theta = thetas[step].clone().requires_grad_(True)
+                x = images.detach().requires_grad_(True)
+                lr = syn_lr.detach().requires_grad_(True)
+                grad = mtt.step_gradient(theta, x, labels, idx, sample, create_graph=True)
+                after = theta - lr * grad
+                d_theta, d_images, d_lr = torch.autograd.grad(after, [theta, x, lr], grad_outputs=adjoint)
+            adjoint = d_theta
+            grad_images += d_images
+            grad_lr += d_lr
+        return grad_images, grad_lr, adjoint, None
