@@ -42,7 +42,8 @@ def main() -> None:
         run = Run(config, accelerator)
         distiller = build_distiller(config, run.num_classes, run.image_shape)
         states = run.initial_start_states(distiller.num_start_states)
-        ctx = stage_context(run, args.stage, states, start_stage=args.stage)
+        pool = torch.arange(len(run.train))
+        ctx = stage_context(run, args.stage, states, start_stage=args.stage, pool=pool)
         distiller.begin_stage_stand_in(ctx)
         seconds = time_iterations(distiller, run, ctx, args.stage, args.iterations)
     device = accelerator.device

@@ -101,10 +101,24 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
+    import yaml
+
     from pdd_hub.augment import DEFAULT_STRATEGY
+    from pdd_hub.config import ScoringConfig, _build
     from pdd_hub.data import Preprocess, load_real_data
-    from pdd_hub.selection import export_selection, random_stage_indices
+    from pdd_hub.rng import stream
+    from pdd_hub.runtime import make_accelerator
+    from pdd_hub.selection.select import select_and_export
     from pdd_hub.train import TrainingRecipe
+
+    def pairs(items: list[str], what: str) -> dict:
+        out = {}
+        for item in items or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise PDDError(f"{what} {item!r} is not of the form key=value")
+            out[key] = yaml.safe_load(value)
+        return out
 
     real = load_real_data(
         args.real,
@@ -113,20 +127,24 @@ def _select(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         label_column=args.label_column,
     )
+    if args.train_per_class is not None:
+        keep = real.train.sample_per_class(args.train_per_class, stream(args.seed, "subset"))
+        real.train = real.train.subset(keep.sort().values)
     preprocess = Preprocess.fit(real.train.images, normalize=not args.no_normalize, zca=args.zca)
-    if args.method != "random":
-        raise PDDError(f"unknown selection method {args.method!r}; available: random")
-    indices = random_stage_indices(real.train, args.num_stages, args.ipc, args.seed)
-    folder = export_selection(
+    folder = select_and_export(
         args.output,
         real,
-        indices,
         preprocess,
         method=args.method,
+        num_stages=args.num_stages,
+        ipc=args.ipc,
+        options=pairs(args.param, "--param"),
+        scoring=_build(ScoringConfig, pairs(args.scoring, "--scoring"), prefix="scoring."),
         recipe=TrainingRecipe(lr=args.lr, epochs=args.epochs, augment=f"dsa:{DEFAULT_STRATEGY}"),
-        config=vars(args) | {"func": None},
+        seed=args.seed,
+        accelerator=make_accelerator(),
     )
-    print(f"wrote {args.num_stages} stages x {args.ipc} images per class of {args.real} to {folder}")
+    print(f"wrote {args.num_stages} stages x {args.ipc} images per class ({args.method}): {folder}")
     return 0
 
 
@@ -227,7 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("select", help="export real images chosen by a selection baseline as stages")
     se.add_argument("--real", required=True, help="real dataset: Hub id, local folder or sklearn:digits")
-    se.add_argument("--method", default="random", help="selection baseline (default random)")
+    se.add_argument(
+        "--method",
+        default="random",
+        help="random, herding, kcenter, forgetting or sensitivity (default random)",
+    )
+    se.add_argument("--param", action="append", help="a setting of the method, e.g. clusters=20 (repeatable)")
+    se.add_argument(
+        "--scoring",
+        action="append",
+        help="a setting of the networks trained on the real data for features and forgetting scores, e.g. "
+        "epochs=10, runs=3 or model=resnet10_cifar_bn (repeatable; see pdd_hub.config.ScoringConfig)",
+    )
+    se.add_argument("--train-per-class", type=int, default=None, help="select from a random subset per class")
     se.add_argument("--num-stages", type=int, default=5)
     se.add_argument("--ipc", type=int, default=2, help="images per class per stage")
     se.add_argument("--output", required=True, help="export folder to write")

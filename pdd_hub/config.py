@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,37 @@ class EvalConfig:
 
 @dataclass
 class ForgettingConfig:
-    """Later stages may use only harder real examples, by forgetting score (Toneva et al. 2019)."""
+    """Stages may learn from harder real examples only, by forgetting score (Toneva et al. 2019;
+    PDD section 4.2): ``band``: stage k learns from the scores in [(k-1) w, k w) (the last stage from
+    all above), ``drop_easy``: stage k from the scores >= (k-1) w; ``w`` is ``band_width``, in
+    forgetting events per scoring run (see pdd_hub/scoring.py)."""
 
-    # off | band (stage k uses scores in its band) | drop_easy (scores >= its band)
     mode: str = one_of("off", "band", "drop_easy")
-    band_width: int = positive(10)
+    band_width: float = positive(1.0)
+
+
+@dataclass
+class ScoringConfig:
+    """Networks trained on the real data whose forgetting events give the forgetting scores and whose
+    features the selection methods use (the first network's, after its last epoch)."""
+
+    runs: int = positive(3)
+    epochs: int = positive(20)
+    model: str | None = None  # default: the run's model
+    lr: float = positive(0.01)
+    momentum: float = non_negative(0.9)
+    weight_decay: float = non_negative(5e-4)
+    batch_size: int = positive(256)
+
+
+@dataclass
+class ImportanceConfig:
+    """Importance-sampled real batches (Tukan et al. 2023): an example is drawn with probability
+    ``(1 - floor) * loss_i / sum(loss) + floor / n`` of its cross-entropy under the current network,
+    re-computed every ``refresh_every`` draws of the method."""
+
+    floor: float = positive(0.1)  # the uniform share, so that no example has probability zero
+    refresh_every: int = positive(50)
 
 
 @dataclass
@@ -99,7 +126,7 @@ class PDDConfig:
     num_stages: int = positive(5)
     ipc_per_stage: int = positive(2)  # images per class a stage stores
     iterations: int = positive(5000)  # image updates per stage
-    init: str = one_of("real", "noise")
+    init: str = "real"  # noise | real (random real images) | a selection method: herding, sensitivity, ...
     conditioning: bool = True  # stage k sees stages 1..k-1 (frozen) in the method's loss
     # data
     image_column: str | None = None
@@ -124,30 +151,42 @@ class PDDConfig:
     checkpoint_every: int = positive(50)
     tracker: str = one_of("none", "tensorboard")
     progress: bool = True
+    real_sampling: str = one_of("uniform", "importance")  # how a method draws its real batches
     # sections
     method_config: Any = None
+    init_config: Any = None  # the section of a selection method named by ``init`` (if it has one)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     transition: TransitionConfig = field(default_factory=TransitionConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
 
     def __post_init__(self) -> None:
         if self.method_config is None:
             self.method_config = method_entry(self.method).config_cls()
+        if self.init_config is None:
+            self.init_config = init_config_cls(self.init)()
 
     def __getattr__(self, name: str) -> Any:
-        # `config.idc` for the section of method idc, as in the YAML; only the run's own method
-        if name != "method" and name == self.__dict__.get("method"):
-            return self.__dict__["method_config"]
+        # `config.idc` / `config.sensitivity` for the sections named after the method / init, as in YAML
+        if name not in ("method", "init"):
+            if name == self.__dict__.get("method"):
+                return self.__dict__["method_config"]
+            if name == self.__dict__.get("init") and self.__dict__.get("init_config") is not None:
+                return self.__dict__["init_config"]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as YAML holds it: the method's section under the method's name."""
+        """The config as YAML holds it: the method's (and init's) section under its name."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "method_config":
                 out[self.method] = dataclasses.asdict(value)
+            elif f.name == "init_config":
+                if value is not None:
+                    out[self.init] = dataclasses.asdict(value)
             else:
                 out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return out
@@ -161,6 +200,28 @@ def method_entry(name: str):
         return METHODS.get(name)
     except UnknownNameError as exc:
         raise ConfigError(f"config key 'method': {exc}") from exc
+
+
+INIT_WITHOUT_SELECTION = {"noise": None, "real": "random"}  # init -> the selection method it uses
+
+
+def init_selection(init: str) -> str | None:
+    """The selection method that picks the real images an ``init`` starts from (``None``: noise)."""
+    return INIT_WITHOUT_SELECTION.get(init, init)
+
+
+def init_config_cls(init: str) -> Callable[[], Any]:
+    """The config dataclass of the selection method ``init`` names (a no-op for none)."""
+    from pdd_hub.registry import SELECTIONS
+
+    selection = init_selection(init)
+    if selection is None:
+        return lambda: None
+    try:
+        entry = SELECTIONS.get(selection)
+    except UnknownNameError as exc:
+        raise ConfigError(f"config key 'init' must be noise, real or a selection method: {exc}") from exc
+    return entry.config_cls or (lambda: None)
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -187,11 +248,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_from_dict(data: dict[str, Any]) -> PDDConfig:
     """Build and validate a :class:`PDDConfig` from a (nested) mapping."""
-    from pdd_hub.registry import METHODS
-
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {data!r}")
     data = dict(data)
+    sections = {"method_config": _method_section(data), "init_config": _init_section(data)}
+    config = _build(PDDConfig, data, prefix="", fixed=sections)
+    validate(config)
+    return config
+
+
+def _method_section(data: dict[str, Any]) -> Any:
+    """Pop and build the section of the method ``data`` names; a section of another method fails."""
+    from pdd_hub.registry import METHODS
+
     method = data.get("method", PDDConfig.method)
     if not isinstance(method, str):
         raise ConfigError(f"config key 'method' must be a method name, got {method!r}")
@@ -202,11 +271,31 @@ def config_from_dict(data: dict[str, Any]) -> PDDConfig:
             f"config section {others[0]!r} belongs to method {others[0]!r}, but this run's method is "
             f"{method!r}: remove the section, or set method: {others[0]}"
         )
-    section = data.pop(method, None)
-    method_config = _build(entry.config_cls, section or {}, prefix=f"{method}.")
-    config = _build(PDDConfig, data, prefix="", fixed={"method_config": method_config})
-    validate(config)
-    return config
+    return _build(entry.config_cls, data.pop(method, None) or {}, prefix=f"{method}.")
+
+
+def _init_section(data: dict[str, Any]) -> Any:
+    """Pop and build the section of the selection method ``init`` names (``None`` if it has none)."""
+    from pdd_hub.registry import SELECTIONS
+
+    init = data.get("init", PDDConfig.init)
+    if not isinstance(init, str):
+        raise ConfigError(f"config key 'init' must be noise, real or a selection method, got {init!r}")
+    config_cls = init_config_cls(init)
+    own = set(PDDConfig.__dataclass_fields__)
+    stray = [key for key in data if key != init and key in SELECTIONS and key not in own]
+    if stray:
+        raise ConfigError(
+            f"config section {stray[0]!r} belongs to the selection method {stray[0]!r}, but this run's init "
+            f"is {init!r}: remove the section, or set init: {stray[0]}"
+        )
+    # a selection method named like a section of the run (forgetting) takes no settings of its own
+    section = data.pop(init, None) if init not in INIT_WITHOUT_SELECTION and init not in own else None
+    if not dataclasses.is_dataclass(config_cls):
+        if section is not None:
+            raise ConfigError(f"config section {init!r}: the selection method {init!r} takes no settings")
+        return None
+    return _build(config_cls, section or {}, prefix=f"{init}.")
 
 
 def parse_recipe_args(argv: list[str]) -> PDDConfig:
@@ -292,9 +381,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str, fixed: dict[str, Any] |
         key = unknown[0]
         candidates = list(fields)
         if cls is PDDConfig:
-            from pdd_hub.registry import METHODS
+            from pdd_hub.registry import METHODS, SELECTIONS
 
-            candidates += METHODS.names()
+            candidates += METHODS.names() + SELECTIONS.names()
         close = difflib.get_close_matches(str(key), candidates, n=1)
         hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {sorted(fields)}"
         raise ConfigError(f"unknown config key {prefix + str(key)!r}{hint}")
@@ -344,7 +433,10 @@ def validate(config: PDDConfig) -> None:
     """Every field's rule, each section's own ``check(run_config)``, then the model and tracker."""
     _check_rules(config, prefix="")
     _check_rules(config.method_config, prefix=f"{config.method}.")
-    for section in (config.method_config, config.experts, config.transition, config.eval, config.forgetting):
+    if config.init_config is not None:
+        _check_rules(config.init_config, prefix=f"{config.init}.")
+    sections = (config.method_config, config.init_config, config.experts, config.transition, config.eval)
+    for section in (*sections, config.forgetting, config.scoring, config.importance):
         check = getattr(section, "check", None)
         if check is not None:
             check(config)
@@ -366,7 +458,7 @@ def validate(config: PDDConfig) -> None:
 def _check_rules(section: Any, prefix: str) -> None:
     for f in dataclasses.fields(section):
         value, key, rule = getattr(section, f.name), prefix + f.name, f.metadata.get("rule")
-        if dataclasses.is_dataclass(value) and f.name != "method_config":
+        if dataclasses.is_dataclass(value) and f.name not in ("method_config", "init_config"):
             _check_rules(value, f"{key}.")
         elif value is None or rule is None:
             continue

@@ -61,6 +61,7 @@ class StageSpec:
     weight_decay: float = 5e-4
     lr_schedule: str = "step_at_half"  # see pdd_hub.train.LR_SCHEDULES
     stored_ipc: int | None = None  # images per class the method stored (IDC: ipc / factor**2)
+    real_pool: dict[str, Any] | None = None  # the real examples the stage learned from (forgetting band)
     sha256: str | None = None  # of the stage's float32 images and int64 labels, set on export
 
     @classmethod
@@ -186,6 +187,7 @@ def build_schedule(
     distill_model: str,
     config: dict[str, Any],
     storage: dict[str, Any] | None = None,
+    pools: list[dict[str, Any] | None] | None = None,
 ) -> Schedule:
     """The schedule of an export whose stage k holds ``ipcs[k]`` images per class, trained with
     ``lrs[k]`` and ``recipe``; ``storage`` (with an ``expansion``) says how many stored images
@@ -202,8 +204,9 @@ def build_schedule(
             weight_decay=recipe.weight_decay,
             lr_schedule=recipe.lr_schedule,
             stored_ipc=ipc // expansion,
+            real_pool=pool,
         )
-        for k, (ipc, lr) in enumerate(zip(ipcs, lrs, strict=True), start=1)
+        for k, (ipc, lr, pool) in enumerate(zip(ipcs, lrs, pools or [None] * len(ipcs), strict=True), start=1)
     ]
     return Schedule(
         stages=stages,

@@ -69,3 +69,8 @@ def set_momentum_buffers(optimizer: torch.optim.Optimizer, model: nn.Module, fla
     for p in model.parameters():
         optimizer.state[p]["momentum_buffer"] = flat[offset : offset + p.numel()].view_as(p).clone()
         offset += p.numel()
+
+
+def embed(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The features before the classifier (``[N, D]``; timm's ``forward_head(pre_logits=True)``)."""
+    return network.forward_head(network.forward_features(images), pre_logits=True).flatten(1)

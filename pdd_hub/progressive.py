@@ -24,16 +24,18 @@ from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file
 
 from pdd_hub.batched import train_many
-from pdd_hub.config import PDDConfig
+from pdd_hub.config import PDDConfig, init_selection
 from pdd_hub.distill import distill_stage
 from pdd_hub.forgetting import stage_pool
 from pdd_hub.io import save_tensors
 from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.methods.base import StageContext
 from pdd_hub.params import build_network, flat_params, load_flat_params
+from pdd_hub.registry import SELECTIONS
 from pdd_hub.rng import stream
 from pdd_hub.run import FinishedStage, Run
 from pdd_hub.runtime import make_accelerator
+from pdd_hub.selection import selection_indices
 from pdd_hub.train import StagePlan, TrainingRecipe
 
 logger = logging.getLogger(__name__)
@@ -55,7 +57,8 @@ def run_pdd(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
         done = run.load_finished(stage)
         if done is not None:
             stored, labels, record = done
-            finished.append(decoded(distiller, stored, labels, record["lr"], record["val_acc"]))
+            info = {k: record[k] for k in ("pool", "init_indices") if k in record}
+            finished.append(decoded(distiller, stored, labels, record["lr"], record["val_acc"], info))
         else:
             finished.append(distil_one_stage(run, distiller, stage, start_states, start_stage, finished))
         run.export(finished, recipe, distiller.storage())
@@ -87,9 +90,11 @@ def distil_one_stage(
         cfg.ipc_per_stage,
         sum(len(f.labels) for f in finished),
     )
-    ctx = stage_context(run, stage, start_states, start_stage)
+    pool, pool_info = stage_pool(run, stage, cfg.ipc_per_stage * distiller.expansion)
+    ctx = stage_context(run, stage, start_states, start_stage, pool)
     distiller.begin_stage(ctx)
-    new_images, new_labels = initial_images(run, distiller, stage, ctx.pool)
+    used = torch.tensor([i for f in finished for i in f.info.get("init_indices", [])], dtype=torch.long)
+    new_images, new_labels, init_indices = initial_images(run, distiller, stage, pool, used)
     frozen_images, frozen_labels = union_of(finished)
     recipe = distiller.training_recipe()
     result = distill_stage(
@@ -105,7 +110,8 @@ def distil_one_stage(
         log_metrics=lambda values, step: run.accelerator.log(values, step=step),
     )
     lr = result.lr if result.lr is not None else recipe.lr
-    done = decoded(distiller, result.images.cpu(), result.labels.cpu(), lr, result.val_acc)
+    info = {"pool": pool_info, "init_indices": init_indices}
+    done = decoded(distiller, result.images.cpu(), result.labels.cpu(), lr, result.val_acc, info)
     run.save_finished(stage, done, result.history)
     run.checkpoint.clear()
     logger.info("stage %d finished: val acc %.4f, lr %.4g", stage, done.val_acc, lr)
@@ -120,19 +126,22 @@ def prepare_first_stage(config: PDDConfig, accelerator: Accelerator | None = Non
     run = Run(config, accelerator)
     distiller = build_distiller(config, run.num_classes, run.image_shape)
     start_states = run.initial_start_states(distiller.num_start_states)
-    distiller.begin_stage(stage_context(run, 1, start_states, 1))
+    pool, _ = stage_pool(run, 1, config.ipc_per_stage * distiller.expansion)
+    distiller.begin_stage(stage_context(run, 1, start_states, 1, pool))
     return run.dir
 
 
 # --- the pieces of a stage ------------------------------------------------------------------------
-def stage_context(run: Run, stage: int, start_states: torch.Tensor, start_stage: int) -> StageContext:
+def stage_context(
+    run: Run, stage: int, start_states: torch.Tensor, start_stage: int, pool: torch.Tensor
+) -> StageContext:
     cfg = run.config
     return StageContext(
         stage=stage,
         num_stages=cfg.num_stages,
         ipc=cfg.ipc_per_stage,
         real=run.train,
-        pool=stage_pool(run, stage),
+        pool=pool,
         start_states=start_states,
         start_states_stage=start_stage,
         model_name=cfg.model,
@@ -144,39 +153,52 @@ def stage_context(run: Run, stage: int, start_states: torch.Tensor, start_stage:
         preprocess=run.preprocess,
         batch_networks=run.batch_networks,
         precision=cfg.precision,
+        real_sampling=cfg.real_sampling,
+        importance=cfg.importance,
         progress=cfg.progress,
     )
 
 
 def initial_images(
-    run: Run, distiller: Distiller, stage: int, pool: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ipc_per_stage`` new stored images per class: noise, or the method's encoding of random real
-    images of the pool (``expansion`` real images per stored image)."""
+    run: Run, distiller: Distiller, stage: int, pool: torch.Tensor, used: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``ipc_per_stage`` new stored images per class: noise, or the method's encoding of real images
+    (``expansion`` per stored image) chosen from the stage's pool by the selection method ``init``
+    names (``real``: at random), never one an earlier stage started from. Also returns the chosen
+    training-set indices (empty for noise)."""
     cfg = run.config
-    generator = stream(cfg.seed, "init", stage)
     labels = torch.arange(run.num_classes).repeat_interleave(cfg.ipc_per_stage)
-    if cfg.init == "noise":
-        return torch.randn(len(labels), *run.image_shape, generator=generator), labels
+    selection = init_selection(cfg.init)
+    if selection is None:
+        noise = torch.randn(len(labels), *run.image_shape, generator=stream(cfg.seed, "init", stage))
+        return noise, labels, []
     per_class = cfg.ipc_per_stage * distiller.expansion
-    train_labels = run.train.labels.cpu()
-    chosen = []
-    for c in range(run.num_classes):
-        candidates = pool[train_labels[pool] == c]
-        if len(candidates) < per_class:  # a band may hold too few of a class
-            candidates = torch.nonzero(train_labels == c).flatten()
-        chosen.append(candidates[torch.randperm(len(candidates), generator=generator)[:per_class]])
-    real = run.train.images[torch.cat(chosen).to(run.train.images.device)].detach().cpu()
-    return distiller.encode(real).clone(), labels
+    candidates = pool[~torch.isin(pool, used)]
+    pools = run.examples.class_pools(candidates)
+    for c, class_pool in enumerate(pools):
+        if len(class_pool) < per_class:  # too few left in the band: any unused image of the class
+            everything = torch.arange(len(run.train))
+            everything = everything[~torch.isin(everything, used)]
+            pools[c] = run.examples.class_pools(everything)[c]
+    selector = SELECTIONS.get(selection).cls(cfg.init_config)
+    generators = [stream(cfg.seed, "init", stage, c) for c in range(run.num_classes)]
+    chosen = torch.cat(selection_indices(selector, pools, per_class, generators))
+    real = run.train.images[chosen.to(run.train.images.device)].detach().cpu()
+    return distiller.encode(real).clone(), labels, chosen.tolist()
 
 
 def decoded(
-    distiller: Distiller, stored: torch.Tensor, labels: torch.Tensor, lr: float, val_acc: float
+    distiller: Distiller,
+    stored: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    val_acc: float,
+    info: dict | None = None,
 ) -> FinishedStage:
     """A finished stage with the images networks train on."""
     with torch.no_grad():
         images = distiller.decode(stored)
-    return FinishedStage(stored, labels, images, distiller.decode_labels(labels), lr, val_acc)
+    return FinishedStage(stored, labels, images, distiller.decode_labels(labels), lr, val_acc, info or {})
 
 
 def union_of(finished: list[FinishedStage]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,3 +103,5 @@ def registry_summary(registry: Registry[Any]) -> list[tuple[str, str]]:
 # The registries of pdd-hub: base distillation methods and subset-selection methods.
 METHODS: Registry[Any] = Registry("method", "pdd_hub.methods", "pdd_hub.methods")
 register_method = METHODS.register
+SELECTIONS: Registry[Any] = Registry("selection method", "pdd_hub.selection", "pdd_hub.selections")
+register_selection = SELECTIONS.register

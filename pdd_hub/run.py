@@ -6,6 +6,8 @@ finished stages, start states and the export.
   preprocess.json/.safetensors the preprocessing fitted on train (reused on resume)
   start_states/stage_K.safetensors   networks trained on stages 1..K-1 (the transition)
   experts/stage_K/             networks trained on real data from stage K's start states (MTT, IDC)
+  scoring/                     networks trained on all real data: forgetting scores, selection features
+  forgetting_scores.parquet    each real example's forgetting score (when a run uses them)
   method/                      anything else a base method keeps
   stages/stage_K.safetensors   the stored images of finished stage K (+ .json: lr, val acc, history)
   checkpoints/current/         the mid-stage checkpoint
@@ -18,7 +20,8 @@ finished stages, start states and the export.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,13 @@ from pdd_hub.data import ImageSet, Preprocess, RealData, load_real_data
 from pdd_hub.errors import ConfigError, ModelNotFoundError
 from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
 from pdd_hub.io import load_json, save_json, save_tensors
+from pdd_hub.methods.experts import ExpertSet
 from pdd_hub.models import check_model_builds
 from pdd_hub.params import build_network, flat_params
 from pdd_hub.registry import METHODS
 from pdd_hub.rng import stream, stream_seed
 from pdd_hub.runtime import batch_networks_by_default
+from pdd_hub.scoring import RealExamples, train_scoring_networks
 from pdd_hub.train import TrainingRecipe
 from pdd_hub.viz import plot_accuracy_per_stage, save_image_grid
 
@@ -70,6 +75,11 @@ class RunLayout:
 
     def experts_dir(self, stage: int) -> Path:
         return self.root / "experts" / f"stage_{stage}"
+
+    @property
+    def scoring_dir(self) -> Path:
+        """Networks trained on all the real data: forgetting scores and selection features."""
+        return self.root / "scoring"
 
     @property
     def method_dir(self) -> Path:
@@ -111,6 +121,7 @@ class FinishedStage:
     labels: torch.Tensor
     lr: float
     val_acc: float
+    info: dict = field(default_factory=dict)  # what else the stage's record holds (pool, init images)
 
 
 class Run:
@@ -158,6 +169,29 @@ class Run:
     @property
     def dataset_dir(self) -> Path:
         return self.layout.dataset_dir
+
+    @cached_property
+    def examples(self) -> RealExamples:
+        """The training examples with forgetting scores and features, from the run's scoring networks
+        (trained in ``scoring/`` on first use)."""
+        cfg = self.config
+        model = cfg.scoring.model or cfg.model
+
+        def train() -> ExpertSet:
+            return train_scoring_networks(
+                self.layout.scoring_dir,
+                self.train,
+                cfg.scoring,
+                model_name=model,
+                seed=cfg.seed,
+                accelerator=self.accelerator,
+                augment=self.augment,
+                progress=cfg.progress,
+                batched=self.batch_networks,
+                precision=cfg.precision,
+            )
+
+        return RealExamples(self.train, model, train)
 
     @property
     def batch_networks(self) -> bool:
@@ -253,7 +287,7 @@ class Run:
 
     def _on_device(self, data: ImageSet) -> ImageSet:
         images = self.preprocess.apply_all(data.images.to(self.device))
-        return ImageSet(images, data.labels.to(self.device), data.class_names)
+        return ImageSet(images, data.labels.to(self.device), data.class_names, data.source_rows)
 
     # --- start states -----------------------------------------------------------------------------
     def initial_start_states(self, count: int) -> torch.Tensor:
@@ -290,7 +324,7 @@ class Run:
         """Keep stage ``stage`` (stored images, labels, learned LR, validation history), draw its grid."""
         if not self.accelerator.is_main_process:
             return
-        record = {"lr": finished.lr, "val_acc": finished.val_acc, "history": history}
+        record = {"lr": finished.lr, "val_acc": finished.val_acc, "history": history, **finished.info}
         save_json(record, self.layout.stage_record(stage))
         save_tensors(
             {"images": finished.stored, "labels": finished.stored_labels}, self.layout.stage_file(stage)
@@ -318,6 +352,7 @@ class Run:
             distill_model=cfg.model,
             config=cfg.to_dict(),
             storage=storage,
+            pools=[f.info.get("pool") for f in finished],
         )
         if self.accelerator.is_main_process and not self.export_is_current(finished):
             export_pdd(self.dataset_dir, schedule, [(f.images, f.labels) for f in finished], self.preprocess)

@@ -64,8 +64,8 @@ def test_expert_epochs_differ_and_start_from_the_given_state(tmp_path):
     assert torch.equal(experts.trajectory(0, upto=2), traj[:3])
     manifest = ExpertSet.load(tmp_path / "experts").manifest
     assert manifest["num_experts"] == 1 and manifest["epochs"] == 4
-    scores = experts.forgetting_scores()
-    assert scores.shape == (60,) and scores.dtype == torch.long and (scores >= 0).all()
+    events, learned = experts.forgetting_events()
+    assert events.shape == learned.shape == (1, 60) and events.dtype == torch.long and (events >= 0).all()
 
 
 def train_toy_experts(directory, batched: bool = False, count: int = 2):
@@ -119,7 +119,8 @@ def test_interrupted_experts_resume_to_the_same_trajectories(tmp_path, monkeypat
     assert not list((tmp_path / "killed").glob("*.partial"))
     for i in range(2):
         assert torch.equal(resumed.trajectory(i), straight.trajectory(i))
-    assert torch.equal(resumed.forgetting_scores(), straight.forgetting_scores())
+    for a, b in zip(resumed.forgetting_events(), straight.forgetting_events(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_experts_trained_together_follow_the_path_each_follows_alone(tmp_path):

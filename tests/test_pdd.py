@@ -176,17 +176,6 @@ def test_ablations_without_conditioning_or_transition(tmp_path):
     assert not (out / "experts" / "stage_2").exists()  # stage 2 reuses stage 1's experts
 
 
-def test_forgetting_bands_restrict_later_stages(tmp_path):
-    config = tiny(tmp_path, forgetting__mode="drop_easy", forgetting__band_width=1, experts__epochs=3)
-    run = progressive.Run(config, Accelerator(cpu=True))
-    run_pdd(config, Accelerator(cpu=True))
-    scores = ExpertSet.load(tmp_path / "run" / "experts" / "stage_1").forgetting_scores()
-    assert len(progressive.stage_pool(run, 1)) == len(run.train)
-    pool_2 = progressive.stage_pool(run, 2)
-    assert 0 < len(pool_2) < len(run.train)
-    assert torch.equal(pool_2, torch.nonzero(scores >= 1).flatten())  # the easy (never forgotten) are dropped
-
-
 def test_non_finite_updates_restore_lower_lr_and_fail_after_three(tmp_path, monkeypatch, caplog):
     config = tiny(tmp_path, num_stages=1, iterations=6)
     real_loss = MTT.loss

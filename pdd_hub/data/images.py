@@ -16,6 +16,7 @@ class ImageSet:
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
+    source_rows: torch.Tensor | None = None  # row of each example in its source split (default 0..N-1)
     _by_class: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -27,6 +28,8 @@ class ImageSet:
                 f"labels of shape {tuple(self.labels.shape)}"
             )
         self.labels = self.labels.long()
+        if self.source_rows is None:
+            self.source_rows = torch.arange(len(self.labels))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,11 +54,14 @@ class ImageSet:
 
     def subset(self, indices: torch.Tensor) -> ImageSet:
         """The examples at ``indices`` (on the tensors' device), as a new set."""
+        rows = self.source_rows[indices.cpu()]
         indices = indices.to(self.labels.device)
-        return ImageSet(self.images[indices], self.labels[indices], list(self.class_names))
+        return ImageSet(self.images[indices], self.labels[indices], list(self.class_names), rows)
 
     def to(self, device: torch.device | str) -> ImageSet:
-        return ImageSet(self.images.to(device), self.labels.to(device), list(self.class_names))
+        return ImageSet(
+            self.images.to(device), self.labels.to(device), list(self.class_names), self.source_rows
+        )
 
     def sample_per_class(self, n_per_class: int, generator: torch.Generator) -> torch.Tensor:
         """``n_per_class`` distinct random indices of every class, grouped by class (class 0 first)."""

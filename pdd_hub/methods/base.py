@@ -19,16 +19,17 @@ A method registers itself with its config dataclass and is built as
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
 from pdd_hub.augment import DSA, augment_spec, build_augment
-from pdd_hub.config import PDDConfig
+from pdd_hub.config import ImportanceConfig, PDDConfig
 from pdd_hub.data.images import ImageSet
 from pdd_hub.data.transforms import Preprocess
+from pdd_hub.methods.sampling import RealSampler
 from pdd_hub.params import build_network, flat_params
 from pdd_hub.rng import Name, stream, stream_seed
 from pdd_hub.train import TrainingRecipe
@@ -54,6 +55,8 @@ class StageContext:
     preprocess: Preprocess | None = None  # how real pixels became ``real`` (e.g. for clamping)
     batch_networks: bool = False  # train many networks at once (experts)
     precision: str = "fp32"  # of network training
+    real_sampling: str = "uniform"  # how the method draws real examples (pdd_hub.methods.sampling)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     progress: bool = True
 
     def stream(self, *name: Name) -> torch.Generator:
@@ -73,6 +76,10 @@ class StageContext:
             return flat_params(network)
         index = int(torch.randint(len(self.start_states), (), generator=self.stream("network", draw)))
         return self.start_states[index]
+
+    def real_sampler(self) -> RealSampler:
+        """A sampler of this stage's real examples, uniform or by importance as the run says."""
+        return RealSampler(self.real, self.pool, self.real_sampling, self.importance)
 
     def pool_by_class(self, num_classes: int) -> list[torch.Tensor]:
         """The pool's indices into ``real``, split by class."""

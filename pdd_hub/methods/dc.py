@@ -23,13 +23,7 @@ import torch
 from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.methods.base import Distiller, StageContext
-from pdd_hub.methods.matching import (
-    METRICS,
-    batch_gradients,
-    gradient_distance,
-    matched_parameters,
-    real_class_batch,
-)
+from pdd_hub.methods.matching import METRICS, batch_gradients, gradient_distance, matched_parameters
 from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.registry import register_method
 from pdd_hub.train import train_epoch
@@ -84,7 +78,7 @@ class DC(Distiller):
         self.outer_loop = self.config.outer_loop or default_outer
         self.inner_loop = self.config.inner_loop or default_inner
         self.ctx = ctx
-        self.pools = ctx.pool_by_class(self.num_classes)
+        self.sampler = ctx.real_sampler()
         self.network = build_network(ctx.model_name, self.num_classes, self.image_shape).to(
             ctx.real.images.device
         )
@@ -107,9 +101,10 @@ class DC(Distiller):
         """Sum over classes of the distance between real and synthetic gradients of the network."""
         cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
         params = matched_parameters(self.network, cfg.layers)
+        self.sampler.step(self.network)
         total = images.new_zeros(())
         for c in range(self.num_classes):
-            idx = real_class_batch(self.pools[c], cfg.batch_real, generator).to(real.images.device)
+            idx = self.sampler.class_batch(c, cfg.batch_real, generator).to(real.images.device)
             x_real, x_syn = real.images[idx], images[labels == c]
             if self.augment is not None:  # siamese: one draw for both sides
                 sample = self.augment.sample(1, tuple(x_real.shape[-2:]), generator, shared=True)
@@ -134,11 +129,16 @@ class DC(Distiller):
             )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        sampler = {f"sampler.{k}": v for k, v in self.sampler.state_dict().items()}
         return {
             "network": flat_params(self.network),
             "counters": torch.tensor([self.outer_step, self.draws]),
+            **sampler,
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_flat_params(self.network, state["network"])
         self.outer_step, self.draws = (int(v) for v in state["counters"])
+        self.sampler.load_state_dict(
+            {k.removeprefix("sampler."): v for k, v in state.items() if k.startswith("sampler.")}
+        )

@@ -16,13 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, positive
 from pdd_hub.methods.base import Distiller, StageContext
-from pdd_hub.methods.matching import real_class_batch
-from pdd_hub.params import build_network, load_flat_params
+from pdd_hub.params import build_network, embed, load_flat_params
 from pdd_hub.registry import register_method
 
 
@@ -35,11 +33,6 @@ class DMConfig:
     batch_real: int = positive(256)  # real images per class per iteration
     augment: str = augmentation("dsa")
     num_networks: int = positive(10)  # start states per stage (what the transition trains)
-
-
-def embed(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The features before the classifier (``[N, D]``)."""
-    return network.forward_head(network.forward_features(images), pre_logits=True).flatten(1)
 
 
 @register_method("dm", DMConfig)
@@ -58,7 +51,7 @@ class DM(Distiller):
 
     def begin_stage(self, ctx: StageContext) -> None:
         self.ctx = ctx
-        self.pools = ctx.pool_by_class(self.num_classes)
+        self.sampler = ctx.real_sampler()
         self.network = build_network(ctx.model_name, self.num_classes, self.image_shape).to(
             ctx.real.images.device
         )
@@ -71,10 +64,11 @@ class DM(Distiller):
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         load_flat_params(self.network, self.ctx.network_state(self.draws).to(images.device))
         self.draws += 1
+        self.sampler.step(self.network)
         real, generator = self.ctx.real, self.ctx.generator
         total = images.new_zeros(())
         for c in range(self.num_classes):
-            idx = real_class_batch(self.pools[c], self.config.batch_real, generator).to(real.images.device)
+            idx = self.sampler.class_batch(c, self.config.batch_real, generator).to(real.images.device)
             x_real, x_syn = real.images[idx], images[labels == c]
             if self.augment is not None:  # siamese: one draw for both sides
                 sample = self.augment.sample(1, tuple(x_real.shape[-2:]), generator, shared=True)
@@ -85,7 +79,13 @@ class DM(Distiller):
         return total
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"draws": torch.tensor(self.draws)}
+        return {
+            "draws": torch.tensor(self.draws),
+            **{f"sampler.{k}": v for k, v in self.sampler.state_dict().items()},
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.draws = int(state["draws"])
+        self.sampler.load_state_dict(
+            {k.removeprefix("sampler."): v for k, v in state.items() if k.startswith("sampler.")}
+        )

@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 
 from pdd_hub.augment import DSA
 from pdd_hub.batched import Networks, as_networks, momentum_of, set_momentum_of
-from pdd_hub.config import ExpertConfig
+from pdd_hub.config import ExpertConfig, ImportanceConfig
+from pdd_hub.errors import DatasetFormatError
 from pdd_hub.io import load_json, save_json, save_tensors
 from pdd_hub.methods.base import StageContext
+from pdd_hub.methods.sampling import importance_probabilities
 from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.rng import stream
 from pdd_hub.runtime import autocast
@@ -65,20 +67,19 @@ class ExpertSet:
                 return f.get_tensor("trajectory")
             return f.get_slice("trajectory")[: upto + 1]
 
-    def forgetting_scores(self) -> torch.Tensor:
-        """Forgetting events per training example summed over experts; never-learned examples get
-        the largest score (they are the hardest), as in Toneva et al."""
-        events, learned = None, None
+    def forgetting_events(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per expert and training example ``[R, N]``: forgetting events, and whether it was ever
+        learned (see :func:`pdd_hub.scoring.forgetting_scores` for the scores they give)."""
+        events, learned = [], []
         for i in range(len(self)):
             with safe_open(str(expert_file(self.directory, i)), framework="pt") as f:
                 if "forgetting_events" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                    raise ValueError(f"experts in {self.directory} did not record forgetting events")
-                e, lrn = f.get_tensor("forgetting_events").long(), f.get_tensor("ever_learned").bool()
-            events = e if events is None else events + e
-            learned = lrn if learned is None else learned | lrn
-        scores = events.clone()
-        scores[~learned] = int(events.max()) + 1
-        return scores
+                    raise DatasetFormatError(
+                        f"the networks in {self.directory} did not record forgetting events"
+                    )
+                events.append(f.get_tensor("forgetting_events").long())
+                learned.append(f.get_tensor("ever_learned").bool())
+        return torch.stack(events), torch.stack(learned)
 
 
 def train_experts(
@@ -96,11 +97,13 @@ def train_experts(
     augment: DSA | None,
     seed: int,
     accelerator: Accelerator,
-    stage: int = 1,
+    stage: int | str = 1,
     track_forgetting: bool = False,
     progress: bool = True,
     batched: bool = False,
     precision: str = "fp32",
+    sampling: str = "uniform",
+    importance: ImportanceConfig | None = None,
 ) -> ExpertSet:
     """Train one expert from each row of ``start_states`` on ``train_x[pool]`` for ``epochs`` epochs,
     skipping finished experts and resuming unfinished ones; expert i of ``stage`` draws from the
@@ -122,7 +125,7 @@ def train_experts(
             model = build_network(model_name, num_classes, image_shape).to(train_x.device)
             load_flat_params(model, start_states[i].to(train_x.device))
             models.append(model)
-        ExpertGroup(directory, group, config, track_forgetting, precision).train(
+        ExpertGroup(directory, group, config, track_forgetting, precision, sampling, importance).train(
             as_networks(models),
             train_x,
             train_y,
@@ -217,6 +220,8 @@ def experts_for_stage(
         progress=ctx.progress,
         batched=ctx.batch_networks,
         precision=ctx.precision,
+        sampling=ctx.real_sampling,
+        importance=ctx.importance,
     )
 
 
@@ -232,9 +237,13 @@ class ExpertGroup:
         config: ExpertConfig,
         track_forgetting: bool,
         precision: str,
+        sampling: str = "uniform",
+        importance: ImportanceConfig | None = None,
     ) -> None:
         self.directory, self.indices, self.config = directory, indices, config
         self.track_forgetting, self.precision = track_forgetting, precision
+        self.sampling, self.importance = sampling, importance or ImportanceConfig()
+        self.probabilities: torch.Tensor | None = None  # [K, pool]: importance sampling's, per expert
         name = (
             f"expert_{indices[0]:03d}" if len(indices) == 1 else f"experts_{indices[0]:03d}-{indices[-1]:03d}"
         )
@@ -259,6 +268,8 @@ class ExpertGroup:
         snapshots = self.resume(networks, optimizer, generators)
         networks.template.train()
         for epoch in range(len(snapshots) - 1, epochs):
+            if self.sampling == "importance" and epoch % self.importance.refresh_every == 0:
+                self.probabilities = self.importance_probabilities(networks, train_x, train_y, pool)
             self.epoch(networks, optimizer, train_x, train_y, pool.to(train_x.device), augment, generators)
             snapshots.append(networks.flat().cpu())
             self.save_epoch(epoch + 1, snapshots[-1], networks, optimizer, generators)
@@ -281,10 +292,21 @@ class ExpertGroup:
         augment: DSA | None,
         generators: list[torch.Generator],
     ) -> None:
-        """One pass over the pool for every expert, each in its own order with its own DSA draws."""
-        orders = [pool[torch.randperm(len(pool), generator=g).to(pool.device)] for g in generators]
+        """An epoch of every expert: a pass over the pool in its own order (or, by importance, as many
+        examples drawn by their probabilities, without replacement within a minibatch), with its own
+        DSA draws."""
+        by_importance = self.probabilities is not None
+        if not by_importance:
+            orders = [pool[torch.randperm(len(pool), generator=g).to(pool.device)] for g in generators]
         for start in range(0, len(pool), self.config.batch_size):
-            idx = torch.stack([order[start : start + self.config.batch_size] for order in orders])
+            if by_importance:
+                size = min(self.config.batch_size, len(pool) - start)
+                draws = [
+                    torch.multinomial(p, size, generator=g) for p, g in zip(self.probabilities, generators)
+                ]
+                idx = pool[torch.stack(draws).to(pool.device)]
+            else:
+                idx = torch.stack([order[start : start + self.config.batch_size] for order in orders])
             x = torch.stack(
                 [augment(train_x[i], g) if augment else train_x[i] for i, g in zip(idx, generators)]
             )
@@ -298,6 +320,25 @@ class ExpertGroup:
             optimizer.step()
             if self.track_forgetting:
                 self.counts.update(idx, logits.detach().argmax(dim=-1) == y)
+
+    def importance_probabilities(
+        self, networks: Networks, train_x: torch.Tensor, train_y: torch.Tensor, pool: torch.Tensor
+    ) -> torch.Tensor:
+        """Each expert's sampling probabilities over the pool from its current losses ``[K, n]``."""
+        idx = pool.to(train_x.device)
+        was_training = networks.template.training
+        networks.template.eval()
+        losses = []
+        with torch.no_grad():
+            for start in range(0, len(idx), 1000):
+                x, y = train_x[idx[start : start + 1000]], train_y[idx[start : start + 1000]]
+                logits = networks.on_shared(x)  # [K, B, classes]
+                loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(networks)), reduction="none")
+                losses.append(loss.view(len(networks), -1).cpu())
+        networks.template.train(was_training)
+        return torch.stack(
+            [importance_probabilities(row, self.importance.floor) for row in torch.cat(losses, 1)]
+        )
 
     def resume(
         self, networks: Networks, optimizer: torch.optim.Optimizer, generators: list[torch.Generator]
@@ -318,6 +359,7 @@ class ExpertGroup:
         for k, generator in enumerate(generators):
             generator.set_state(state[f"generator_{k}"])
         self.counts.load(state, device)
+        self.probabilities = state.get("probabilities")
         if "momentum" in state:
             set_momentum_of(optimizer, networks, state["momentum"].to(device))
         return snapshots
@@ -333,6 +375,8 @@ class ExpertGroup:
         save_tensors({"params": snapshot}, self.partial / f"epoch_{epoch:03d}.safetensors")
         state = {"epoch": torch.tensor(epoch), **self.counts.state()}
         state.update({f"generator_{k}": g.get_state() for k, g in enumerate(generators)})
+        if self.probabilities is not None:
+            state["probabilities"] = self.probabilities
         momentum = momentum_of(optimizer, networks)
         if momentum is not None:
             state["momentum"] = momentum

@@ -35,7 +35,7 @@ from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positi
 from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
-from pdd_hub.methods.matching import batch_gradients, gradient_distance, matched_parameters, real_class_batch
+from pdd_hub.methods.matching import batch_gradients, gradient_distance, matched_parameters
 from pdd_hub.params import (
     build_network,
     flat_params,
@@ -149,7 +149,7 @@ class IDC(Distiller):
     # --- stage ----------------------------------------------------------------------------------
     def begin_stage(self, ctx: StageContext) -> None:
         self.ctx = ctx
-        self.pools = ctx.pool_by_class(self.num_classes)
+        self.sampler = ctx.real_sampler()
         device = ctx.real.images.device
         self.network = build_network(ctx.model_name, self.num_classes, self.image_shape).to(device).train()
         self.net_optimizer = self._network_optimizer()
@@ -194,9 +194,10 @@ class IDC(Distiller):
         """Sum over classes of the distance between real and synthetic gradients (conv weights)."""
         cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
         params = matched_parameters(self.network, cfg.layers)
+        self.sampler.step(self.network)
         total = images.new_zeros(())
         for c in range(self.num_classes):
-            idx = real_class_batch(self.pools[c], cfg.batch_real, generator).to(real.images.device)
+            idx = self.sampler.class_batch(c, cfg.batch_real, generator).to(real.images.device)
             of_class = torch.nonzero(labels == c).flatten()
             of_class = of_class[
                 torch.randperm(len(of_class), generator=generator)[: cfg.max_syn].to(of_class.device)
@@ -213,9 +214,8 @@ class IDC(Distiller):
     def train_on_real(self) -> None:
         """About ``n_data`` real examples of SGD for the network (batches of ``net_batch``)."""
         cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
-        pool = self.ctx.pool
         for _ in range(math.ceil(cfg.n_data / cfg.net_batch)):
-            idx = pool[torch.randperm(len(pool), generator=generator)[: cfg.net_batch]].to(real.images.device)
+            idx = self.sampler.batch(cfg.net_batch, generator).to(real.images.device)
             loss = minibatch_loss(
                 self.network, real.images[idx], real.labels[idx], self.net_augment, generator, self.cutmix
             )
@@ -266,7 +266,7 @@ class IDC(Distiller):
         momentum = momentum_buffers(self.net_optimizer, self.network)
         if momentum is not None:
             state["net_momentum"] = momentum
-        return state
+        return {**state, **{f"sampler.{k}": v for k, v in self.sampler.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_flat_params(self.network, state["network"])
@@ -274,3 +274,6 @@ class IDC(Distiller):
         self.net_optimizer = self._network_optimizer()
         if "net_momentum" in state:
             set_momentum_buffers(self.net_optimizer, self.network, state["net_momentum"])
+        self.sampler.load_state_dict(
+            {k.removeprefix("sampler."): v for k, v in state.items() if k.startswith("sampler.")}
+        )

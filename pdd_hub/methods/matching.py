@@ -1,5 +1,5 @@
-"""What the gradient-matching methods (DC, DSA, IDC) share: per-class real batches, gradients of a
-network on a batch, and the distances between real and synthetic gradients.
+"""What the gradient-matching methods (DC, DSA, IDC) share: gradients of a network on a batch, and
+the distances between real and synthetic gradients.
 
 Distances (summed over the matched parameter tensors):
 
@@ -63,9 +63,3 @@ def batch_gradients(
     loss = F.cross_entropy(network(images), labels)
     grads = torch.autograd.grad(loss, params, create_graph=create_graph)
     return list(grads) if create_graph else [g.detach() for g in grads]
-
-
-def real_class_batch(pool_of_class: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """``size`` random indices (without replacement; all if fewer) from one class's pool."""
-    order = torch.randperm(len(pool_of_class), generator=generator)[:size]
-    return pool_of_class[order]

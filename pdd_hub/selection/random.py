@@ -1,4 +1,4 @@
-"""Random real images per class, disjoint across stages."""
+"""Random: a uniformly random ranking of each class's candidates (seeded)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import torch
 from einops import rearrange
 
 from pdd_hub.data.images import ImageSet
+from pdd_hub.registry import register_selection
+from pdd_hub.selection.base import ClassPool, Selector
+
+
+@register_selection("random")
+class RandomSelection(Selector):
+    """Random real images, disjoint across stages."""
+
+    def rank(self, pool: ClassPool, count: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(len(pool), generator=generator)[:count]
 
 
 def random_stage_indices(data: ImageSet, num_stages: int, ipc: int, seed: int) -> list[torch.Tensor]:

@@ -1,0 +1,93 @@
+"""How a method draws its real batches: uniformly, or by importance (Tukan, Maalouf, Osadchy 2023).
+
+With ``real_sampling: importance`` an example i of the stage's pool is drawn with probability
+
+    p_i = (1 - floor) * loss_i / sum_j loss_j + floor / n
+
+where ``loss_i`` is its cross-entropy under the method's current network, computed over the whole
+pool in batches (no gradient) every ``importance.refresh_every`` draws; ``floor`` keeps every
+example drawable. Within a class the probabilities are renormalised. Examples are drawn without
+replacement within a batch. Where each method draws (see docs/METHODS.md): DC, DSA and IDC at every
+comparison (the per-class real batches, and IDC's real-data training of its network), DM at every
+iteration, MTT in its experts' training (:mod:`pdd_hub.methods.experts`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdd_hub.config import ImportanceConfig
+from pdd_hub.data.images import ImageSet
+
+
+@torch.no_grad()
+def example_losses(
+    network: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> torch.Tensor:
+    """Cross-entropy of every example under ``network`` (eval mode, in batches), on the CPU."""
+    was_training = network.training
+    network.eval()
+    losses = [
+        F.cross_entropy(
+            network(images[i : i + batch_size]), labels[i : i + batch_size], reduction="none"
+        ).float()
+        for i in range(0, len(images), batch_size)
+    ]
+    network.train(was_training)
+    return torch.cat(losses).cpu()
+
+
+def importance_probabilities(losses: torch.Tensor, floor: float) -> torch.Tensor:
+    """``(1 - floor) * loss / sum(loss) + floor / n``: sums to one, never zero (for ``floor > 0``)."""
+    losses = losses.double().clamp_min(0)
+    total = losses.sum()
+    share = losses / total if total > 0 else torch.full_like(losses, 1.0 / len(losses))
+    return (1 - floor) * share + floor / len(losses)
+
+
+class RealSampler:
+    """Indices of real examples from a stage's pool, uniformly or by importance."""
+
+    def __init__(self, real: ImageSet, pool: torch.Tensor, mode: str, config: ImportanceConfig) -> None:
+        self.real, self.mode, self.config = real, mode, config
+        self.pool = pool.cpu()
+        labels = real.labels.cpu()[self.pool]
+        self.of_class = [torch.nonzero(labels == c).flatten() for c in range(real.num_classes)]  # into pool
+        self.probabilities: torch.Tensor | None = None  # over the pool
+        self.draws = 0
+
+    def step(self, network: nn.Module) -> None:
+        """One draw of the method: every ``refresh_every``-th, the losses under ``network`` renew."""
+        if self.mode == "importance" and self.draws % self.config.refresh_every == 0:
+            device = self.real.images.device
+            idx = self.pool.to(device)
+            losses = example_losses(network, self.real.images[idx], self.real.labels[idx])
+            self.probabilities = importance_probabilities(losses, self.config.floor)
+        self.draws += 1
+
+    def class_batch(self, c: int, size: int, generator: torch.Generator) -> torch.Tensor:
+        """``size`` distinct examples of class ``c`` (all, if it has fewer), as training-set indices."""
+        return self.pool[self.of_class[c][self._draw(self.of_class[c], size, generator)]]
+
+    def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """``size`` distinct examples of any class, as training-set indices."""
+        return self.pool[self._draw(torch.arange(len(self.pool)), size, generator)]
+
+    def _draw(self, candidates: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+        size = min(size, len(candidates))
+        if self.mode == "uniform" or self.probabilities is None:
+            return torch.randperm(len(candidates), generator=generator)[:size]
+        weights = self.probabilities[candidates]
+        return torch.multinomial(weights / weights.sum(), size, replacement=False, generator=generator)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"draws": torch.tensor(self.draws)}
+        if self.probabilities is not None:
+            state["probabilities"] = self.probabilities
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.draws = int(state["draws"])
+        self.probabilities = state.get("probabilities")

@@ -1,0 +1,112 @@
+"""A selection baseline end to end: rank each class's real images with a registered method and export
+the ranking as stages (``pdd-hub select``), in the format of a distilled set.
+
+Features and forgetting scores come from scoring networks trained on the real training split (in the
+export's preprocessing), cached under ``$PDD_HUB_CACHE/scoring/<key>`` where the key covers the
+dataset's fingerprint, the split, the preprocessing and the scoring settings: a second selection on
+the same data trains nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from pdd_hub.augment import build_augment
+from pdd_hub.config import ScoringConfig, _build, _check_rules
+from pdd_hub.data import Preprocess, RealData, default_cache_dir
+from pdd_hub.data.images import ImageSet
+from pdd_hub.registry import SELECTIONS
+from pdd_hub.rng import stream
+from pdd_hub.scoring import RealExamples, scoring_cache_key, train_scoring_networks
+from pdd_hub.selection.base import selection_indices, staged
+from pdd_hub.selection.export import export_selection
+from pdd_hub.train import TrainingRecipe
+
+logger = logging.getLogger(__name__)
+DEFAULT_SCORING_MODEL = "convnet_d3"
+
+
+def build_selector(method: str, options: dict[str, Any] | None = None):
+    """The registered selection method ``method`` with its settings ``options`` (validated by name)."""
+    entry = SELECTIONS.get(method)
+    options = options or {}
+    if entry.config_cls is None:
+        if options:
+            raise ValueError(f"selection method {method!r} takes no settings, got {sorted(options)}")
+        return entry.cls(None)
+    config = _build(entry.config_cls, options, prefix=f"{method}.")
+    _check_rules(config, prefix=f"{method}.")
+    return entry.cls(config)
+
+
+def select_and_export(
+    output: str | Path,
+    real: RealData,
+    preprocess: Preprocess,
+    *,
+    method: str,
+    num_stages: int,
+    ipc: int,
+    options: dict[str, Any] | None = None,
+    scoring: ScoringConfig | None = None,
+    recipe: TrainingRecipe | None = None,
+    seed: int = 0,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> Path:
+    """Rank every class's training images with ``method`` and export the top ``num_stages * ipc`` as
+    ``num_stages`` stages (stage k: the k-th block of ``ipc``). Features and forgetting scores come
+    from ``scoring`` networks (default architecture ConvNet-D3), trained only if the method asks."""
+    selector = build_selector(method, options)
+    scoring = scoring or ScoringConfig()
+    scoring_model = scoring.model or DEFAULT_SCORING_MODEL
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    train = ImageSet(
+        preprocess.apply_all(real.train.images.to(device)),
+        real.train.labels.to(device),
+        real.class_names,
+        real.train.source_rows,
+    )
+    key = scoring_cache_key(
+        real.source.fingerprint, preprocess.to_config(), real.train, scoring, model=scoring_model, seed=seed
+    )
+
+    def train_networks():
+        logger.info(
+            "training %d scoring networks (%d epochs) on %d images", scoring.runs, scoring.epochs, len(train)
+        )
+        return train_scoring_networks(
+            default_cache_dir() / "scoring" / key,
+            train,
+            scoring,
+            model_name=scoring_model,
+            seed=seed,
+            accelerator=accelerator or Accelerator(cpu=device.type == "cpu"),
+            augment=build_augment("dsa"),
+            progress=progress,
+        )
+
+    examples = RealExamples(train, scoring_model, train_networks)
+    generators = [stream(seed, "selection", method, c) for c in range(real.num_classes)]
+    chosen = selection_indices(selector, examples.class_pools(), num_stages * ipc, generators)
+    config = {
+        "selection": {"method": method, "settings": asdict(selector.config) if selector.config else {}},
+        "num_stages": num_stages,
+        "ipc": ipc,
+        "seed": seed,
+        "scoring": {**asdict(scoring), "model": scoring_model} if _uses_scoring(examples) else None,
+        "preprocess": preprocess.to_config(),
+    }
+    return export_selection(
+        output, real, staged(chosen, num_stages, ipc), preprocess, method=method, recipe=recipe, config=config
+    )
+
+
+def _uses_scoring(examples: RealExamples) -> bool:
+    return "networks" in examples.__dict__  # trained (or loaded) because features or scores were asked for

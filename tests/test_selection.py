@@ -1,0 +1,147 @@
+"""Selection baselines: herding and k-center against brute force, sensitivity probabilities, importance
+sampling of real batches, the staged export of a selection, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pdd_hub.config import ImportanceConfig
+from pdd_hub.data.images import ImageSet
+from pdd_hub.errors import DatasetFormatError, UnknownNameError
+from pdd_hub.methods.sampling import RealSampler, importance_probabilities
+from pdd_hub.selection.herding import herding_order
+from pdd_hub.selection.kcenter import kcenter_order
+from pdd_hub.selection.select import build_selector
+from pdd_hub.selection.sensitivity import sensitivity_probabilities
+
+
+def toy_features(n: int = 40, d: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).double()
+
+
+def test_herding_equals_brute_force():
+    features = toy_features()
+    mean = [sum(features[i][j].item() for i in range(len(features))) / len(features) for j in range(5)]
+    chosen, total = [], [0.0] * 5
+    for t in range(8):
+        best, best_distance = None, math.inf
+        for i in range(len(features)):
+            if i in chosen:
+                continue
+            distance = sum((mean[j] - (total[j] + features[i][j].item()) / (t + 1)) ** 2 for j in range(5))
+            if distance < best_distance:
+                best, best_distance = i, distance
+        chosen.append(best)
+        total = [total[j] + features[best][j].item() for j in range(5)]
+    assert herding_order(features, 8).tolist() == chosen
+
+
+def test_kcenter_equals_brute_force():
+    features = toy_features(seed=1)
+
+    def distance(a: int, b: int) -> float:
+        return sum((features[a][j].item() - features[b][j].item()) ** 2 for j in range(5))
+
+    chosen = [7]
+    for _ in range(9):
+        nearest = {i: min(distance(i, c) for c in chosen) for i in range(len(features))}
+        chosen.append(max(nearest, key=lambda i: (nearest[i], -i)))
+    assert kcenter_order(features, 10, first=7).tolist() == chosen
+
+
+def blobs() -> torch.Tensor:
+    """Two tight, far-apart clusters; in the first, one point (index 0) lies far from the rest."""
+    g = torch.Generator().manual_seed(0)
+    first = torch.randn(20, 2, generator=g) * 0.1
+    first[0] = torch.tensor([3.0, 0.0])
+    second = torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([100.0, 100.0])
+    return torch.cat([first, second]).double()
+
+
+def test_sensitivity_probabilities_follow_the_bound_and_favour_the_isolated_point():
+    features = blobs()
+    p = sensitivity_probabilities(features, clusters=2, seed=0)
+    assert p.sum().item() == pytest.approx(1.0) and (p > 0).all()
+    # the bound by hand for the known clusters: share of the cluster's cost + 1 / cluster size
+    bound = torch.zeros(len(features), dtype=torch.float64)
+    for members in (torch.arange(20), torch.arange(20, 50)):
+        centre = features[members].mean(0)
+        cost = ((features[members] - centre) ** 2).sum(1)
+        bound[members] = cost / cost.sum() + 1.0 / len(members)
+    torch.testing.assert_close(p, bound / bound.sum())
+    assert p[0] > 5 * p[1:20].max() and p[0] == p.max()
+
+
+def test_sampling_by_sensitivity_draws_the_isolated_point_first_most_often():
+    from pdd_hub.selection.base import ClassPool
+
+    selector = build_selector("sensitivity", {"clusters": 2})
+    pool = ClassPool(0, torch.arange(50), features_of=lambda idx: blobs()[idx], scores_of=lambda idx: None)
+    firsts = [int(selector.rank(pool, 3, torch.Generator().manual_seed(s))[0]) for s in range(40)]
+    assert firsts.count(0) > 10  # uniform sampling would give it about 1 in 50
+
+
+def test_too_many_clusters_for_a_class_is_a_clear_error():
+    with pytest.raises(DatasetFormatError, match="cannot make 60 k-means clusters of 50 examples"):
+        sensitivity_probabilities(blobs(), clusters=60, seed=0)
+
+
+def test_importance_sampling_prefers_high_loss_and_never_excludes():
+    losses = torch.tensor([0.0, 0.1, 1.0, 5.0])
+    p = importance_probabilities(losses, floor=0.1)
+    assert p.sum().item() == pytest.approx(1.0) and (p > 0).all() and p[3] > p[2] > p[1] > p[0]
+    real = ImageSet(torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), ["a"])
+    sampler = RealSampler(real, torch.arange(4), "importance", ImportanceConfig(floor=0.1))
+    sampler.probabilities = p
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.cat([sampler.class_batch(0, 1, g) for _ in range(2000)]), minlength=4)
+    assert counts[3] > counts[2] > counts[1] and counts[0] > 0
+
+
+def test_unknown_selection_method_lists_the_registered():
+    with pytest.raises(
+        UnknownNameError, match="did you mean 'kcenter'.*forgetting, herding, kcenter, random"
+    ):
+        build_selector("kcentre")
+    with pytest.raises(ValueError, match="takes no settings"):
+        build_selector("herding", {"clusters": 3})
+
+
+@pytest.mark.parametrize("method", ["herding", "kcenter", "sensitivity", "forgetting"])
+def test_a_staged_selection_round_trips_through_load_dataset_and_load_pdd(method, tmp_path, digits):
+    import datasets
+
+    from pdd_hub.config import ScoringConfig
+    from pdd_hub.data import Preprocess
+    from pdd_hub.hub import load_pdd
+    from pdd_hub.selection.select import select_and_export
+
+    preprocess = Preprocess.fit(digits.train.images)
+    options = {"clusters": 3} if method == "sensitivity" else {}
+    out = select_and_export(
+        tmp_path / method,
+        digits,
+        preprocess,
+        method=method,
+        num_stages=2,
+        ipc=3,
+        options=options,
+        scoring=ScoringConfig(runs=2, epochs=2, batch_size=64),
+        progress=False,
+    )
+    splits = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert list(splits) == ["stage_1", "stage_2"] and len(splits["stage_2"]) == 30
+    pdd = load_pdd(out)
+    assert pdd.schedule.method == method and pdd.schedule.config["selection"]["method"] == method
+    real = preprocess(digits.train.images)
+    picked = []
+    for stage in pdd.stages:
+        assert torch.bincount(stage.labels, minlength=10).tolist() == [3] * 10
+        for image in stage.images:
+            match = torch.nonzero((real == image).flatten(1).all(1)).flatten()
+            assert len(match) >= 1
+            picked.append(int(match[0]))
+    assert len(set(picked)) == len(picked)  # the stages are disjoint blocks of the ranking
