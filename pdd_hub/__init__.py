@@ -9,6 +9,7 @@ from pdd_hub.augment import DSA, DSAParams
 from pdd_hub.config import PDDConfig, load_config
 from pdd_hub.data import ImageSet, Preprocess, RealData, load_real_data, load_split
 from pdd_hub.evaluate import EvalReport, evaluate_export
+from pdd_hub.forgetting import load_forgetting_scores
 from pdd_hub.hub import (
     PDDDataset,
     Schedule,
@@ -36,6 +37,7 @@ __all__ = [
     "evaluate_export",
     "export_pdd",
     "load_config",
+    "load_forgetting_scores",
     "load_pdd",
     "load_real_data",
     "load_split",

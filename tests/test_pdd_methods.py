@@ -151,3 +151,65 @@ def test_a_killed_gradient_matching_run_resumes_to_the_uninterrupted_result(tmp_
         got = json.loads((out / "stages" / f"stage_{stage}.json").read_text())
         want = json.loads((reference / "stages" / f"stage_{stage}.json").read_text())
         assert got == want
+
+
+def test_sensitivity_init_and_importance_sampled_batches_run_resume_and_are_recorded(tmp_path):
+    extra = {
+        "init": "sensitivity",
+        "sensitivity": {"clusters": 3},
+        "real_sampling": "importance",
+        "importance": {"refresh_every": 2, "floor": 0.2},
+        "scoring": {"runs": 1, "epochs": 2, "batch_size": 64},
+    }
+
+    def dm_config(out):
+        return config_from_dict(
+            {**copy.deepcopy(RUN), "method": "dm", "dm": SECTIONS["dm"], "output_dir": str(out), **extra}
+        )
+
+    run_pdd(dm_config(tmp_path / "straight"), Accelerator(cpu=True))
+    pdd = load_pdd(tmp_path / "straight" / "dataset")
+    assert pdd.schedule.config["init"] == "sensitivity" and pdd.schedule.config["sensitivity"] == {
+        "clusters": 3
+    }
+    assert pdd.schedule.config["real_sampling"] == "importance"
+    records = [json.loads((tmp_path / "straight" / "stages" / f"stage_{k}.json").read_text()) for k in (1, 2)]
+    chosen = [set(r["init_indices"]) for r in records]
+    assert all(len(c) == 10 for c in chosen) and not chosen[0] & chosen[1]
+
+    calls = {"n": 0}
+    real_loss = METHODS.get("dm").cls.loss
+
+    def dying_loss(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] == 7:  # stage 2, iteration 3, after the checkpoint at 2
+            raise KeyboardInterrupt("killed")
+        return real_loss(self, images, labels)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(METHODS.get("dm").cls, "loss", dying_loss)
+        with pytest.raises(KeyboardInterrupt):
+            run_pdd(dm_config(tmp_path / "killed"), Accelerator(cpu=True))
+    run_pdd(dm_config(tmp_path / "killed"), Accelerator(cpu=True))
+    for a, b in zip(load_pdd(tmp_path / "killed" / "dataset").stages, pdd.stages, strict=True):
+        assert torch.equal(a.images, b.images)
+
+
+def test_mtt_experts_train_on_importance_sampled_batches(tmp_path):
+    from tests.test_pdd import TINY
+
+    data = {
+        **copy.deepcopy(TINY),
+        "output_dir": str(tmp_path / "mtt"),
+        "num_stages": 1,
+        "real_sampling": "importance",
+    }
+    data["importance"] = {"refresh_every": 1}
+    run_pdd(config_from_dict(data), Accelerator(cpu=True))
+    uniform = {**copy.deepcopy(TINY), "output_dir": str(tmp_path / "uniform"), "num_stages": 1}
+    run_pdd(config_from_dict(uniform), Accelerator(cpu=True))
+    from pdd_hub.methods.experts import ExpertSet
+
+    sampled = ExpertSet.load(tmp_path / "mtt" / "experts" / "stage_1").trajectory(0)
+    plain = ExpertSet.load(tmp_path / "uniform" / "experts" / "stage_1").trajectory(0)
+    assert torch.equal(sampled[0], plain[0]) and not torch.equal(sampled[-1], plain[-1])
