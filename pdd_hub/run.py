@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from pdd_hub.augment import build_augment
 from pdd_hub.checkpoint import StageCheckpoint
 from pdd_hub.config import PDDConfig, config_from_dict, flatten_config, save_config
-from pdd_hub.data import ImageSet, Preprocess, RealData, load_real_data
+from pdd_hub.data import ImageSet, Preprocess, PreprocessedImages, RealData, load_real_data
 from pdd_hub.errors import ConfigError, ModelNotFoundError
 from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
 from pdd_hub.io import load_json, save_json, save_tensors
@@ -148,7 +148,10 @@ class Run:
         if config.train_per_class is not None:
             keep = self.real.train.sample_per_class(config.train_per_class, stream(config.seed, "subset"))
             self.real.train = self.real.train.subset(keep.sort().values)
-        self.train = self._on_device(self.real.train)
+        # the training set stays uint8 on the device and is preprocessed a batch at a time
+        raw = self.real.train
+        images = PreprocessedImages(raw.images.to(self.device), self.preprocess)
+        self.train = ImageSet(images, raw.labels.to(self.device), raw.class_names, raw.source_rows)
         self.val = self._on_device(self.real.val)
         # how networks train here (experts, MTT's student): the config's, else the method's default
         self.augment = build_augment(config.augment or METHODS.get(config.method).cls.default_augment)

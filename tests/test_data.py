@@ -185,3 +185,20 @@ def test_same_named_local_datasets_are_not_confused(tmp_path):
     a = load_real_data(str(tmp_path / "a" / "ds"), val_per_class=1)
     b = load_real_data(str(tmp_path / "b" / "ds"), val_per_class=1)
     assert not torch.equal(a.test.images, b.test.images)
+
+
+def test_preprocessed_images_keep_uint8_and_give_what_the_preprocessing_gives(digits):
+    from pdd_hub.data import Preprocess, PreprocessedImages
+
+    pre = Preprocess.fit(digits.train.images, zca=True)
+    lazy = PreprocessedImages(digits.train.images, pre)
+    assert (
+        lazy.raw.dtype == torch.uint8
+        and len(lazy) == len(digits.train)
+        and lazy.shape == digits.train.images.shape
+    )
+    idx = torch.tensor([5, 0, 17, 5])
+    assert torch.equal(lazy[idx], pre(digits.train.images[idx]))
+    assert torch.equal(lazy[3:9], pre(digits.train.images[3:9]))
+    with pytest.raises(ValueError, match="uint8"):
+        PreprocessedImages(digits.train.images.float(), pre)

@@ -211,3 +211,24 @@ def test_the_random_baseline_holds_real_images_as_many_as_the_export_stores(digi
             assert len(match) >= 1 and int(digits.train.labels[match[0]]) == int(label)
             picked.append(int(match[0]))
     assert len(set(picked)) == len(picked)  # disjoint across stages
+
+
+def test_bf16_autocast_trains_to_the_accuracy_of_fp32_within_noise(digits):
+    pre = Preprocess.fit(digits.train.images)
+    idx = torch.cat(random_stage_indices(digits.train, num_stages=1, ipc=20, seed=0))
+    plan = StagePlan(
+        "s", pre(digits.train.images[idx]), digits.train.labels[idx], lr=0.01, epochs=30, batch_size=64
+    )
+    test_x, test_y = pre(digits.test.images), digits.test.labels
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        accs = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            model = timm.create_model("convnet_d3", num_classes=10, in_chans=1, img_size=8)
+            generator = torch.Generator().manual_seed(seed)
+            train_stages(model, [plan], augment=DSA(), generator=generator, precision=precision)
+            accs.append(evaluate_accuracy(model, test_x, test_y))
+        accuracy[precision] = sum(accs) / len(accs)
+    assert accuracy["fp32"] > 0.6  # it learned (chance: 0.1)
+    assert abs(accuracy["bf16"] - accuracy["fp32"]) < 0.04  # 3-seed means: within noise

@@ -10,12 +10,13 @@ from pdd_hub.data.sources import (
     load_real_data,
     load_split,
 )
-from pdd_hub.data.transforms import Preprocess, ZCAWhitening
+from pdd_hub.data.transforms import Preprocess, PreprocessedImages, ZCAWhitening
 
 __all__ = [
     "EMBEDDED_DIGITS",
     "ImageSet",
     "Preprocess",
+    "PreprocessedImages",
     "RealData",
     "SourceInfo",
     "ZCAWhitening",

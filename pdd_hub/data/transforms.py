@@ -127,6 +127,13 @@ class Preprocess:
         std = self.std.to(x.device).view(1, -1, 1, 1)
         return x * std + mean
 
+    def to(self, device: torch.device | str) -> Preprocess:
+        """A copy whose tensors live on ``device`` (so batches there need no transfer of them)."""
+        zca = self.zca
+        if zca is not None:
+            zca = ZCAWhitening(zca.mean.to(device), zca.whiten.to(device), zca.unwhiten.to(device), zca.eps)
+        return Preprocess(self.mean.to(device), self.std.to(device), zca)
+
     # --- serialisation: JSON-able description + tensors for a safetensors file -------------------
     def to_config(self, tensor_file: str = "preprocess.safetensors") -> dict:
         config: dict = {
@@ -183,3 +190,37 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
     # their rounding) do not depend on how the input tensor was made
     x = images.to(torch.float32, memory_format=torch.contiguous_format)
     return x.div_(255.0) if images.dtype == torch.uint8 else x
+
+
+class PreprocessedImages:
+    """uint8 images ``[N, C, H, W]`` kept on their device and preprocessed when indexed, one batch at
+    a time: a training set costs a quarter of its float32 size, and the normalisation and ZCA of a
+    minibatch run where the minibatch is. ``images[idx]`` is what ``preprocess(raw[idx])`` gives."""
+
+    ndim = 4
+    dtype = torch.float32
+
+    def __init__(self, raw: torch.Tensor, preprocess: Preprocess) -> None:
+        if raw.dtype != torch.uint8 or raw.ndim != 4:
+            raise ValueError(
+                f"PreprocessedImages keeps uint8 [N, C, H, W] images, got {raw.dtype} {tuple(raw.shape)}"
+            )
+        self.raw = raw
+        self.preprocess = preprocess.to(raw.device)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return self.preprocess(self.raw[index])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.raw.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.raw.device
+
+    def to(self, device: torch.device | str) -> PreprocessedImages:
+        return PreprocessedImages(self.raw.to(device), self.preprocess)

@@ -23,7 +23,7 @@ import torch
 from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.methods.base import Distiller, StageContext
-from pdd_hub.methods.matching import METRICS, batch_gradients, gradient_distance, matched_parameters
+from pdd_hub.methods.matching import METRICS, class_gradient_distance, matched_parameters
 from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.registry import register_method
 from pdd_hub.train import train_epoch
@@ -105,13 +105,11 @@ class DC(Distiller):
         total = images.new_zeros(())
         for c in range(self.num_classes):
             idx = self.sampler.class_batch(c, cfg.batch_real, generator).to(real.images.device)
-            x_real, x_syn = real.images[idx], images[labels == c]
-            if self.augment is not None:  # siamese: one draw for both sides
-                sample = self.augment.sample(1, tuple(x_real.shape[-2:]), generator, shared=True)
-                x_real, x_syn = self.augment.apply(x_real, sample), self.augment.apply(x_syn, sample)
-            g_real = batch_gradients(self.network, params, x_real, real.labels[idx], create_graph=False)
-            g_syn = batch_gradients(self.network, params, x_syn, labels[labels == c], create_graph=True)
-            total = total + gradient_distance(g_real, g_syn, cfg.metric)
+            of_class = labels == c
+            real_batch, syn_batch = (real.images[idx], real.labels[idx]), (images[of_class], labels[of_class])
+            total = total + class_gradient_distance(
+                self.network, params, real_batch, syn_batch, cfg.metric, self.augment, generator
+            )
         return total
 
     def train_network(self, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -35,7 +35,7 @@ from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positi
 from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
-from pdd_hub.methods.matching import batch_gradients, gradient_distance, matched_parameters
+from pdd_hub.methods.matching import class_gradient_distance, matched_parameters
 from pdd_hub.params import (
     build_network,
     flat_params,
@@ -202,13 +202,11 @@ class IDC(Distiller):
             of_class = of_class[
                 torch.randperm(len(of_class), generator=generator)[: cfg.max_syn].to(of_class.device)
             ]
-            x_real, x_syn = real.images[idx], images[of_class]
-            if self.augment is not None:  # one draw for the two batches together, as IDC does
-                both = self.augment(torch.cat([x_real, x_syn]), generator, shared=True)
-                x_real, x_syn = both[: len(x_real)], both[len(x_real) :]
-            g_real = batch_gradients(self.network, params, x_real, real.labels[idx], create_graph=False)
-            g_syn = batch_gradients(self.network, params, x_syn, labels[of_class], create_graph=True)
-            total = total + gradient_distance(g_real, g_syn, cfg.metric)
+            real_batch, syn_batch = (real.images[idx], real.labels[idx]), (images[of_class], labels[of_class])
+            # one draw for both batches, as IDC draws once for the two concatenated
+            total = total + class_gradient_distance(
+                self.network, params, real_batch, syn_batch, cfg.metric, self.augment, generator
+            )
         return total
 
     def train_on_real(self) -> None:

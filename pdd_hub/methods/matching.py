@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdd_hub.augment import DSA
+
 METRICS = ("dc", "mse", "l1")
 
 
@@ -63,3 +65,23 @@ def batch_gradients(
     loss = F.cross_entropy(network(images), labels)
     grads = torch.autograd.grad(loss, params, create_graph=create_graph)
     return list(grads) if create_graph else [g.detach() for g in grads]
+
+
+def class_gradient_distance(
+    network: nn.Module,
+    params: list[nn.Parameter],
+    real: tuple[torch.Tensor, torch.Tensor],
+    syn: tuple[torch.Tensor, torch.Tensor],
+    metric: str,
+    augment: DSA | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The distance between ``network``'s gradients on a real and a synthetic batch (images, labels)
+    of one class, both augmented by one shared draw (siamese augmentation)."""
+    (x_real, y_real), (x_syn, y_syn) = real, syn
+    if augment is not None:
+        sample = augment.sample(1, tuple(x_real.shape[-2:]), generator, shared=True)
+        x_real, x_syn = augment.apply(x_real, sample), augment.apply(x_syn, sample)
+    g_real = batch_gradients(network, params, x_real, y_real, create_graph=False)
+    g_syn = batch_gradients(network, params, x_syn, y_syn, create_graph=True)
+    return gradient_distance(g_real, g_syn, metric)

@@ -24,19 +24,18 @@ from pdd_hub.data.images import ImageSet
 
 @torch.no_grad()
 def example_losses(
-    network: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+    network: nn.Module, images, labels: torch.Tensor, indices: torch.Tensor, batch_size: int = 1000
 ) -> torch.Tensor:
-    """Cross-entropy of every example under ``network`` (eval mode, in batches), on the CPU."""
+    """Cross-entropy of the examples ``indices`` under ``network`` (eval mode, ``batch_size`` at a
+    time: ``images`` may preprocess on indexing), on the CPU."""
     was_training = network.training
     network.eval()
-    losses = [
-        F.cross_entropy(
-            network(images[i : i + batch_size]), labels[i : i + batch_size], reduction="none"
-        ).float()
-        for i in range(0, len(images), batch_size)
-    ]
+    losses = []
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        losses.append(F.cross_entropy(network(images[idx]), labels[idx], reduction="none").float().cpu())
     network.train(was_training)
-    return torch.cat(losses).cpu()
+    return torch.cat(losses)
 
 
 def importance_probabilities(losses: torch.Tensor, floor: float) -> torch.Tensor:
@@ -61,9 +60,8 @@ class RealSampler:
     def step(self, network: nn.Module) -> None:
         """One draw of the method: every ``refresh_every``-th, the losses under ``network`` renew."""
         if self.mode == "importance" and self.draws % self.config.refresh_every == 0:
-            device = self.real.images.device
-            idx = self.pool.to(device)
-            losses = example_losses(network, self.real.images[idx], self.real.labels[idx])
+            idx = self.pool.to(self.real.images.device)
+            losses = example_losses(network, self.real.images, self.real.labels, idx)
             self.probabilities = importance_probabilities(losses, self.config.floor)
         self.draws += 1
 

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 
 from pdd_hub.augment import build_augment
 from pdd_hub.config import ScoringConfig, _build, _check_rules
-from pdd_hub.data import Preprocess, RealData, default_cache_dir
+from pdd_hub.data import Preprocess, PreprocessedImages, RealData, default_cache_dir
 from pdd_hub.data.images import ImageSet
 from pdd_hub.registry import SELECTIONS
 from pdd_hub.rng import stream
@@ -68,7 +68,7 @@ def select_and_export(
     scoring_model = scoring.model or DEFAULT_SCORING_MODEL
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     train = ImageSet(
-        preprocess.apply_all(real.train.images.to(device)),
+        PreprocessedImages(real.train.images.to(device), preprocess),
         real.train.labels.to(device),
         real.class_names,
         real.train.source_rows,

@@ -1,0 +1,325 @@
+"""Side-by-side speed and memory: pdd-hub and, given its path, the reference implementation
+(VITA-Group/ProgressiveDD), on the same machine with the same number of threads.
+
+    python benchmarks/speed.py --data ../shared/datasets/cifar10 --threads 1 --output runs/bench/speed.json \
+        [--reference PATH --reference-python PY --reference-data DIR [--reference-buffer-data DIR]]
+
+What it measures (each figure in a child process of its own, whose peak resident memory is read
+with ``os.wait4``; on a GPU pdd-hub's figures are CUDA max-allocated):
+
+* seconds per distillation iteration (MTT: unroll, backward, update) at the paper's CIFAR-10 IPC 10
+  setting (2 images per class and stage, syn_steps 50, ConvNet-D3, DSA, ZCA) and IPC 50 setting (10
+  per class, syn_steps 30), and at syn_steps 10/20/50/80 of the IPC 10 setting, for both of pdd-hub's
+  memory modes; the reference: ``distill_mtt.py`` with ``--Iteration 2`` and ``7``, the difference of
+  the two wall times over 5 (start-up and its evaluation at iteration 0 cancel out);
+* seconds per expert epoch on all 50,000 CIFAR-10 training images (ConvNet-D3, batch 256, DSA,
+  ZCA): pdd-hub's expert trainer for one epoch; the reference: ``buffer_mtt.py`` with
+  ``--train_epochs 1`` and ``2``, the difference;
+* seconds to evaluate 100 images (10 per class): 300 epochs of training, then the 10,000 test
+  images, per seed: pdd-hub one seed at a time and 3 seeds stacked, fp32 and bf16; the reference's
+  ``utils.evaluate_synset`` (called from a driver written to a scratch folder).
+
+The reference needs a few patches to run on a CPU (torchvision's download check, one ``.cuda()``, one
+undefined argument, and ``.detach().cpu().clone()`` where trajectories are saved), and its data in
+torchvision's CIFAR-10 layout; ``--reference-buffer-data`` (e.g. a 5,000-image copy) makes the expert
+trajectories its distillation reads, whose values do not change the cost of an iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# the paper's CIFAR-10 settings: config, images per class per stage, syn_steps, max_start_epoch
+IPC_SETTINGS = {
+    "ipc10": ("cifar10_ipc10", 2, 50, 5),
+    "ipc50": ("cifar10_ipc50", 10, 30, 15),
+}
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env.update(
+        PDD_HUB_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1"
+    )
+    return env
+
+
+def last_json(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+class Popen(subprocess.Popen):
+    """A Popen whose rusage is kept (``os.wait4``), so the child's own peak memory is known."""
+
+    def _try_wait(self, wait_flags):
+        pid, status, self.rusage = os.wait4(self.pid, wait_flags)
+        return pid, status
+
+
+def measured(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float, str]:
+    """Run ``cmd``; returns (wall seconds, the child's peak resident GiB, its stdout)."""
+    start = time.perf_counter()
+    with Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{err[-3000:]}")
+    return wall, proc.rusage.ru_maxrss / 2**20, out
+
+
+# --- pdd-hub -----------------------------------------------------------------------------------
+def ours_iteration(args: argparse.Namespace, setting: str, memory: str, syn_steps: int | None = None) -> dict:
+    config, _, steps, _ = IPC_SETTINGS[setting]
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "iteration.py"), "--config", config, "--iterations", "5",
+        f"dataset={args.data}", f"mtt.memory={memory}", f"mtt.syn_steps={syn_steps or steps}",
+        f"num_threads={args.threads}",
+    ]  # fmt: skip
+    _, peak, out = measured(cmd, child_env(args.threads))
+    result = last_json(out)
+    return {"seconds": result["seconds_per_iteration"], "peak_gib": result.get("peak_memory_gib", peak)}
+
+
+def ours_child(args: argparse.Namespace, what: str, *extra: str) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        what,
+        "--data",
+        args.data,
+        "--threads",
+        str(args.threads),
+        *extra,
+    ]
+    _, peak, out = measured(cmd, child_env(args.threads))
+    return {**last_json(out), "peak_gib": peak}
+
+
+def child_expert_epoch(args: argparse.Namespace) -> None:
+    """One epoch of one expert on all CIFAR-10 training images, ZCA, DSA, batch 256."""
+    import torch
+
+    from pdd_hub.augment import build_augment
+    from pdd_hub.batched import as_networks
+    from pdd_hub.config import ExpertConfig
+    from pdd_hub.data import Preprocess, PreprocessedImages, load_real_data
+    from pdd_hub.methods.experts import ExpertGroup
+    from pdd_hub.params import build_network
+    from pdd_hub.runtime import configure_threads
+
+    configure_threads(args.threads)
+    real = load_real_data(args.data, val_per_class=1, seed=0)  # 49,990 training images
+    preprocess = Preprocess.fit(real.train.images, normalize=False, zca=True)
+    images = PreprocessedImages(real.train.images, preprocess)
+    network = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
+    group = ExpertGroup(
+        Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision=args.precision
+    )
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
+    group.counts = None
+    start = time.perf_counter()
+    group.epoch(
+        as_networks([network]), optimizer, images, real.train.labels, torch.arange(len(real.train)),
+        build_augment("dsa"), [torch.Generator().manual_seed(0)],
+    )  # fmt: skip
+    print(json.dumps({"seconds": time.perf_counter() - start, "examples": len(real.train)}))
+
+
+def child_evaluation(args: argparse.Namespace) -> None:
+    """Seeds of ConvNet-D3 trained 300 epochs on 100 random images, then tested on 10,000."""
+    import torch
+
+    from pdd_hub.augment import build_augment
+    from pdd_hub.batched import train_many
+    from pdd_hub.params import build_network
+    from pdd_hub.runtime import configure_threads
+    from pdd_hub.train import StagePlan
+
+    configure_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(100, 3, 32, 32, generator=g), torch.arange(10).repeat_interleave(10)
+    test = (torch.randn(10_000, 3, 32, 32, generator=g), torch.randint(0, 10, (10_000,), generator=g))
+    seeds = range(args.seeds)
+    models = [build_network("convnet_d3", 10, (3, 32, 32), seed=s) for s in seeds]
+    start = time.perf_counter()
+    train_many(
+        models, [StagePlan("s", images, labels, 0.01, 300)], augment=build_augment("dsa"),
+        generators=[torch.Generator().manual_seed(s) for s in seeds], batched=args.batched,
+        precision=args.precision, test=test,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "seconds_per_seed": seconds / len(models), "seeds": len(models)}))
+
+
+# --- the reference -------------------------------------------------------------------------------
+def reference_buffers(args: argparse.Namespace, epochs: int) -> Path:
+    """A folder whose ``buffers/CIFAR10/ConvNet`` holds a reference trajectory of ``epochs`` epochs."""
+    work = Path(args.work) / f"buffers_{epochs}"
+    if not (work / "buffers" / "CIFAR10" / "ConvNet" / "replay_buffer_0.pt").exists():
+        data = args.reference_buffer_data or args.reference_data
+        cmd = [
+            args.reference_python, "-u", str(Path(args.reference) / "buffer_mtt.py"), "--dataset", "CIFAR10",
+            "--model", "ConvNet", "--data_path", data, "--train_epochs", str(epochs), "--num_experts", "1",
+            "--save_interval", "1", "--zca",
+        ]  # fmt: skip
+        work.mkdir(parents=True, exist_ok=True)
+        measured(cmd, child_env(args.threads), cwd=work)
+    return work
+
+
+def reference_iteration(args: argparse.Namespace, setting: str) -> dict:
+    _, ipc, steps, max_start = IPC_SETTINGS[setting]
+    work = reference_buffers(args, max_start + 2)
+    runs = {}
+    for iterations in (2, 7):
+        cmd = [
+            args.reference_python, "-u", str(Path(args.reference) / "distill_mtt.py"), "--dataset=CIFAR10",
+            "--model=ConvNet", f"--ipc={ipc}", f"--syn_steps={steps}", "--expert_epochs=2",
+            f"--max_start_epoch={max_start}", "--zca", "--lr_img=1000", "--lr_lr=1e-07", "--lr_teacher=0.01",
+            "--num_intervals", "1", "--Iteration", str(iterations), "--num_eval", "1", "--eval_it", "100000",
+            "--epoch_eval_train", "1", "--override_epoch_eval_train", "1", "--data_path", args.reference_data,
+            "--tag", f"speed_{setting}_{iterations}_{time.time_ns()}",
+        ]  # fmt: skip
+        runs[iterations] = measured(cmd, child_env(args.threads), cwd=work)
+    seconds = (runs[7][0] - runs[2][0]) / 5
+    return {"seconds": seconds, "peak_gib": runs[7][1]}
+
+
+def reference_expert_epoch(args: argparse.Namespace) -> dict:
+    runs = {}
+    for epochs in (1, 2):
+        work = Path(args.work) / f"expert_epochs_{epochs}"
+        work.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            args.reference_python, "-u", str(Path(args.reference) / "buffer_mtt.py"), "--dataset", "CIFAR10",
+            "--model", "ConvNet", "--data_path", args.reference_data, "--buffer_path", str(work / "buffers"),
+            "--train_epochs", str(epochs), "--num_experts", "1", "--save_interval", "1", "--zca",
+        ]  # fmt: skip
+        runs[epochs] = measured(cmd, child_env(args.threads), cwd=work)
+    return {"seconds": runs[2][0] - runs[1][0], "peak_gib": runs[2][1]}
+
+
+REFERENCE_EVAL_DRIVER = """
+import argparse, json, sys, time
+import torch
+sys.path.insert(0, {reference!r})
+from utils import ParamDiffAug, evaluate_synset, get_dataset, get_network
+torch.set_num_threads({threads})
+args = argparse.Namespace(
+    dataset="CIFAR10", model="ConvNet", zca=True, device="cpu", dsa=True,
+    dsa_strategy="color_crop_cutout_flip_scale_rotate", dsa_param=ParamDiffAug(), dc_aug_param=None,
+    lr_net=0.01, epoch_eval_train=300, batch_train=256, texture=False,
+)
+channel, im_size, num_classes, *rest = get_dataset("CIFAR10", {data!r}, 256, "imagenette", args=args)
+g = torch.Generator().manual_seed(0)
+images = torch.randn(100, channel, *im_size, generator=g)
+labels = torch.arange(num_classes).repeat_interleave(10)
+net = get_network("ConvNet", channel, num_classes, im_size)
+start = time.perf_counter()
+evaluate_synset(0, net, images, labels, rest[5], args)
+print(json.dumps({{"seconds": time.perf_counter() - start}}))
+"""
+
+
+def reference_evaluation(args: argparse.Namespace) -> dict:
+    driver = Path(args.work) / "evaluate_driver.py"
+    driver.parent.mkdir(parents=True, exist_ok=True)
+    driver.write_text(
+        REFERENCE_EVAL_DRIVER.format(
+            reference=str(Path(args.reference)), threads=args.threads, data=args.reference_data
+        )
+    )
+    _, peak, out = measured(
+        [args.reference_python, "-u", str(driver)], child_env(args.threads), cwd=args.reference
+    )
+    return {**last_json(out), "peak_gib": peak}
+
+
+# --- the harness ---------------------------------------------------------------------------------
+def measure_all(args: argparse.Namespace) -> dict:
+    results: dict = {"threads": args.threads, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    for setting in IPC_SETTINGS:
+        for memory in ("unrolled", "constant"):
+            results[f"ours/iteration/{setting}/{memory}"] = ours_iteration(args, setting, memory)
+            report(results, f"ours/iteration/{setting}/{memory}")
+    for steps in (10, 20, 50, 80):
+        for memory in ("unrolled", "constant"):
+            key = f"ours/iteration/ipc10/syn_steps{steps}/{memory}"
+            results[key] = ours_iteration(args, "ipc10", memory, syn_steps=steps)
+            report(results, key)
+    for precision in ("fp32", "bf16"):
+        results[f"ours/expert_epoch/{precision}"] = ours_child(args, "expert", "--precision", precision)
+        report(results, f"ours/expert_epoch/{precision}")
+        for batched in (False, True):
+            key = f"ours/evaluation/{'3_seeds_stacked' if batched else '3_seeds_one_by_one'}/{precision}"
+            flags = ["--precision", precision, "--seeds", "3", *(["--batched"] if batched else [])]
+            results[key] = ours_child(args, "eval", *flags)
+            report(results, key)
+    if args.reference:
+        for setting in IPC_SETTINGS:
+            results[f"reference/iteration/{setting}"] = reference_iteration(args, setting)
+            report(results, f"reference/iteration/{setting}")
+        results["reference/evaluation"] = reference_evaluation(args)
+        report(results, "reference/evaluation")
+        results["reference/expert_epoch"] = reference_expert_epoch(args)
+        report(results, "reference/expert_epoch")
+    return results
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu} ({os.cpu_count()} logical CPUs){gpu}, torch {torch.__version__}"
+
+
+def report(results: dict, key: str) -> None:
+    row = results[key]
+    print(f"{key}: {row['seconds'] if 'seconds_per_seed' not in row else row['seconds_per_seed']:.2f} s, "
+          f"peak {row['peak_gib']:.2f} GiB", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/datasets/cifar10")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default="runs/bench/speed.json")
+    parser.add_argument("--reference", help="a patched checkout of VITA-Group/ProgressiveDD")
+    parser.add_argument("--reference-python", default=sys.executable)
+    parser.add_argument("--reference-data", help="CIFAR-10 in torchvision's layout, for the reference")
+    parser.add_argument(
+        "--reference-buffer-data", help="smaller data for the reference's timing trajectories"
+    )
+    parser.add_argument(
+        "--work", default="runs/bench/speed_reference", help="scratch folder for the reference"
+    )
+    parser.add_argument("--child", choices=["expert", "eval"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "expert":
+        return child_expert_epoch(args)
+    if args.child == "eval":
+        return child_evaluation(args)
+    results = measure_all(args)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
