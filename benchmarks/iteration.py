@@ -24,7 +24,7 @@ import torch
 
 from pdd_hub.config import flatten_config, parse_recipe_args
 from pdd_hub.distill import Union
-from pdd_hub.methods import build_distiller
+from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.progressive import stage_context
 from pdd_hub.run import Run
 from pdd_hub.runtime import configure_threads, make_accelerator
@@ -45,7 +45,7 @@ def main() -> None:
         pool = torch.arange(len(run.train))
         ctx = stage_context(run, args.stage, states, start_stage=args.stage, pool=pool)
         distiller.begin_stage_stand_in(ctx)
-        seconds = time_iterations(distiller, run, ctx, args.stage, args.iterations)
+        seconds = time_iterations(distiller, run, args.stage, args.iterations)
     device = accelerator.device
     peak = (
         torch.cuda.max_memory_allocated()
@@ -69,7 +69,7 @@ def main() -> None:
     )
 
 
-def time_iterations(distiller, run: Run, ctx, stage: int, iterations: int) -> list[float]:
+def time_iterations(distiller: Distiller, run: Run, stage: int, iterations: int) -> list[float]:
     device = run.device
     classes, ipc = run.num_classes, run.config.ipc_per_stage
     generator = torch.Generator().manual_seed(0)

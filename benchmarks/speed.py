@@ -79,7 +79,8 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tu
 def ours_iteration(args: argparse.Namespace, setting: str, memory: str, syn_steps: int | None = None) -> dict:
     config, _, steps, _ = IPC_SETTINGS[setting]
     cmd = [
-        sys.executable, str(REPO / "benchmarks" / "iteration.py"), "--config", config, "--iterations", "5",
+        sys.executable, str(REPO / "benchmarks" / "iteration.py"), "--config", config,
+        "--iterations", "1" if args.quick else "5",
         f"dataset={args.data}", f"mtt.memory={memory}", f"mtt.syn_steps={syn_steps or steps}",
         f"num_threads={args.threads}",
     ]  # fmt: skip
@@ -100,6 +101,8 @@ def ours_child(args: argparse.Namespace, what: str, *extra: str) -> dict:
         str(args.threads),
         *extra,
     ]
+    if args.quick:
+        cmd.append("--quick")
     _, peak, out = measured(cmd, child_env(args.threads))
     return {**last_json(out), "peak_gib": peak}
 
@@ -118,6 +121,8 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
 
     configure_threads(args.threads)
     real = load_real_data(args.data, val_per_class=1, seed=0)  # 49,990 training images
+    if args.quick:
+        real.train = real.train.subset(torch.arange(0, len(real.train), 50))
     preprocess = Preprocess.fit(real.train.images, normalize=False, zca=True)
     images = PreprocessedImages(real.train.images, preprocess)
     network = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
@@ -150,9 +155,10 @@ def child_evaluation(args: argparse.Namespace) -> None:
     test = (torch.randn(10_000, 3, 32, 32, generator=g), torch.randint(0, 10, (10_000,), generator=g))
     seeds = range(args.seeds)
     models = [build_network("convnet_d3", 10, (3, 32, 32), seed=s) for s in seeds]
+    plan = StagePlan("s", images, labels, 0.01, 3 if args.quick else 300)
     start = time.perf_counter()
     train_many(
-        models, [StagePlan("s", images, labels, 0.01, 300)], augment=build_augment("dsa"),
+        models, [plan], augment=build_augment("dsa"),
         generators=[torch.Generator().manual_seed(s) for s in seeds], batched=args.batched,
         precision=args.precision, test=test,
     )  # fmt: skip
@@ -180,7 +186,7 @@ def reference_iteration(args: argparse.Namespace, setting: str) -> dict:
     _, ipc, steps, max_start = IPC_SETTINGS[setting]
     work = reference_buffers(args, max_start + 2)
     runs = {}
-    for iterations in (2, 7):
+    for iterations in (1, 2) if args.quick else (2, 7):
         cmd = [
             args.reference_python, "-u", str(Path(args.reference) / "distill_mtt.py"), "--dataset=CIFAR10",
             "--model=ConvNet", f"--ipc={ipc}", f"--syn_steps={steps}", "--expert_epochs=2",
@@ -190,8 +196,8 @@ def reference_iteration(args: argparse.Namespace, setting: str) -> dict:
             "--tag", f"speed_{setting}_{iterations}_{time.time_ns()}",
         ]  # fmt: skip
         runs[iterations] = measured(cmd, child_env(args.threads), cwd=work)
-    seconds = (runs[7][0] - runs[2][0]) / 5
-    return {"seconds": seconds, "peak_gib": runs[7][1]}
+    short, long_ = sorted(runs)
+    return {"seconds": (runs[long_][0] - runs[short][0]) / (long_ - short), "peak_gib": runs[long_][1]}
 
 
 def reference_expert_epoch(args: argparse.Namespace) -> dict:
@@ -247,11 +253,15 @@ def reference_evaluation(args: argparse.Namespace) -> dict:
 # --- the harness ---------------------------------------------------------------------------------
 def measure_all(args: argparse.Namespace) -> dict:
     results: dict = {"threads": args.threads, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    results["ours/default_threads_under_accelerate_launch"] = default_threads()
+    print(
+        f"a run started by accelerate launch uses {results['ours/default_threads_under_accelerate_launch']}"
+    )
     for setting in IPC_SETTINGS:
         for memory in ("unrolled", "constant"):
             results[f"ours/iteration/{setting}/{memory}"] = ours_iteration(args, setting, memory)
             report(results, f"ours/iteration/{setting}/{memory}")
-    for steps in (10, 20, 50, 80):
+    for steps in (10,) if args.quick else (10, 20, 50, 80):
         for memory in ("unrolled", "constant"):
             key = f"ours/iteration/ipc10/syn_steps{steps}/{memory}"
             results[key] = ours_iteration(args, "ipc10", memory, syn_steps=steps)
@@ -273,6 +283,15 @@ def measure_all(args: argparse.Namespace) -> dict:
         results["reference/expert_epoch"] = reference_expert_epoch(args)
         report(results, "reference/expert_epoch")
     return results
+
+
+def default_threads() -> dict:
+    """The CPU threads pdd-hub sets in a process started by ``accelerate launch`` (OMP_NUM_THREADS=1)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "PDD_HUB_NUM_THREADS")}
+    _, _, out = measured([*launch, __file__, "--child", "threads"], env)
+    return last_json(out)
 
 
 def machine() -> str:
@@ -306,7 +325,8 @@ def main() -> None:
     parser.add_argument(
         "--work", default="runs/bench/speed_reference", help="scratch folder for the reference"
     )
-    parser.add_argument("--child", choices=["expert", "eval"], help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="a smoke test of the harness (tiny sizes)")
+    parser.add_argument("--child", choices=["expert", "eval", "threads"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
@@ -315,6 +335,12 @@ def main() -> None:
         return child_expert_epoch(args)
     if args.child == "eval":
         return child_evaluation(args)
+    if args.child == "threads":
+        from pdd_hub.runtime import configure_threads
+
+        return print(
+            json.dumps({"threads": configure_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")})
+        )
     results = measure_all(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2))

@@ -72,7 +72,7 @@ def test_overrides_coerce_types_and_reach_sections():
         ("val_per_class=0", "'val_per_class' must be positive"),
         ("ipc_per_stage=two", "'ipc_per_stage' must be an integer"),
         ("zca=maybe", "'zca' must be true or false"),
-        ("init=zeros", "'init' must be one of ['real', 'noise']"),
+        ("init=zeros", "unknown selection method 'zeros'; registered selection methods: forgetting"),
         ("model=convnet_d9", "config key 'model': timm does not know a model named 'convnet_d9'"),
         ("mtt.max_start_epoch=60", "exceed 'experts.epochs' = 50"),
         ("augment=dsa:blur", "config key 'augment'"),

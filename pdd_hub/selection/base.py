@@ -61,7 +61,8 @@ def selection_indices(
     for pool, generator in zip(pools, generators, strict=True):
         if count > len(pool):
             raise DatasetFormatError(
-                f"cannot choose {count} images of class {pool.label}: it has only {len(pool)} candidates"
+                f"cannot take {count} images per class: class {pool.label} has only {len(pool)} candidates "
+                "(its examples in the pool this stage selects from)"
             )
         positions = selector.rank(pool, count, generator)
         chosen.append(pool.indices[positions.cpu()])
