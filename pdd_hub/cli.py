@@ -195,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("configs", help="list the shipped configs").set_defaults(func=_configs)
     sub.add_parser("methods", help="list the registered base methods").set_defaults(func=_methods)
 
+    _add_eval_parser(sub)
+    sh = sub.add_parser("show", help="print an export's schedule")
+    sh.add_argument("synthetic")
+    sh.add_argument("--revision", default=None)
+    sh.add_argument("--json", action="store_true", help="also print the whole pdd_schedule.json")
+    sh.set_defaults(func=_show)
+    _add_select_parser(sub)
+    pu = sub.add_parser("push", help="upload an export folder to a Hub dataset repo")
+    pu.add_argument("folder")
+    pu.add_argument("repo_id")
+    pu.add_argument("--private", action="store_true")
+    pu.add_argument("--revision", default=None)
+    pu.set_defaults(func=_push)
+    return parser
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="train timm models on an export's schedule and test them on real data")
     ev.add_argument("synthetic", help="export folder or Hub dataset repo id")
     ev.add_argument("--real", required=True, help="real dataset: Hub id, local folder or sklearn:digits")
@@ -237,12 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=_eval)
 
-    sh = sub.add_parser("show", help="print an export's schedule")
-    sh.add_argument("synthetic")
-    sh.add_argument("--revision", default=None)
-    sh.add_argument("--json", action="store_true", help="also print the whole pdd_schedule.json")
-    sh.set_defaults(func=_show)
 
+def _add_select_parser(sub: argparse._SubParsersAction) -> None:
     se = sub.add_parser("select", help="export real images chosen by a selection baseline as stages")
     se.add_argument("--real", required=True, help="real dataset: Hub id, local folder or sklearn:digits")
     se.add_argument(
@@ -270,14 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--image-column", default=None)
     se.add_argument("--label-column", default=None)
     se.set_defaults(func=_select)
-
-    pu = sub.add_parser("push", help="upload an export folder to a Hub dataset repo")
-    pu.add_argument("folder")
-    pu.add_argument("repo_id")
-    pu.add_argument("--private", action="store_true")
-    pu.add_argument("--revision", default=None)
-    pu.set_defaults(func=_push)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
