@@ -9,9 +9,10 @@ with ``os.wait4``; on a GPU pdd-hub's figures are CUDA max-allocated):
 
 * seconds per distillation iteration (MTT: unroll, backward, update) at the paper's CIFAR-10 IPC 10
   setting (2 images per class and stage, syn_steps 50, ConvNet-D3, DSA, ZCA) and IPC 50 setting (10
-  per class, syn_steps 30), and at syn_steps 10/20/50/80 of the IPC 10 setting, for both of pdd-hub's
-  memory modes; the reference: ``distill_mtt.py`` with ``--Iteration 2`` and ``7``, the difference of
-  the two wall times over 5 (start-up and its evaluation at iteration 0 cancel out);
+  per class, syn_steps 30) in fp32 and bf16 (``mtt.precision``), and at syn_steps 10/20/50/80 of the
+  IPC 10 setting, for both of pdd-hub's memory modes; the reference: ``distill_mtt.py`` with
+  ``--Iteration 2`` and ``7``, the difference of the two wall times over 5 (start-up and its
+  evaluation at iteration 0 cancel out);
 * seconds per expert epoch on all 50,000 CIFAR-10 training images (ConvNet-D3, batch 256, DSA,
   ZCA): pdd-hub's expert trainer for one epoch; the reference: ``buffer_mtt.py`` with
   ``--train_epochs 1`` and ``2``, the difference;
@@ -30,10 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,12 +80,15 @@ def measured(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tu
 
 
 # --- pdd-hub -----------------------------------------------------------------------------------
-def ours_iteration(args: argparse.Namespace, setting: str, memory: str, syn_steps: int | None = None) -> dict:
+def ours_iteration(
+    args: argparse.Namespace, setting: str, memory: str, syn_steps: int | None = None, precision: str = "fp32"
+) -> dict:
     config, _, steps, _ = IPC_SETTINGS[setting]
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "iteration.py"), "--config", config,
         "--iterations", "1" if args.quick else "5",
         f"dataset={args.data}", f"mtt.memory={memory}", f"mtt.syn_steps={syn_steps or steps}",
+        f"mtt.precision={precision}",
         f"num_threads={args.threads}",
     ]  # fmt: skip
     _, peak, out = measured(cmd, child_env(args.threads))
@@ -251,38 +258,53 @@ def reference_evaluation(args: argparse.Namespace) -> dict:
 
 
 # --- the harness ---------------------------------------------------------------------------------
-def measure_all(args: argparse.Namespace) -> dict:
-    results: dict = {"threads": args.threads, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
-    results["ours/default_threads_under_accelerate_launch"] = default_threads()
-    print(
-        f"a run started by accelerate launch uses {results['ours/default_threads_under_accelerate_launch']}"
-    )
+def rows(args: argparse.Namespace) -> dict[str, Callable[[], dict]]:
+    """Every figure the harness can measure, by key, in the order they run."""
+    table: dict[str, Callable[[], dict]] = {}
     for setting in IPC_SETTINGS:
         for memory in ("unrolled", "constant"):
-            results[f"ours/iteration/{setting}/{memory}"] = ours_iteration(args, setting, memory)
-            report(results, f"ours/iteration/{setting}/{memory}")
+            for precision in ("fp32", "bf16"):
+                table[f"ours/iteration/{setting}/{memory}" + ("/bf16" if precision == "bf16" else "")] = (
+                    partial(ours_iteration, args, setting, memory, precision=precision)
+                )
     for steps in (10,) if args.quick else (10, 20, 50, 80):
         for memory in ("unrolled", "constant"):
-            key = f"ours/iteration/ipc10/syn_steps{steps}/{memory}"
-            results[key] = ours_iteration(args, "ipc10", memory, syn_steps=steps)
-            report(results, key)
+            table[f"ours/iteration/ipc10/syn_steps{steps}/{memory}"] = partial(
+                ours_iteration, args, "ipc10", memory, syn_steps=steps
+            )
     for precision in ("fp32", "bf16"):
-        results[f"ours/expert_epoch/{precision}"] = ours_child(args, "expert", "--precision", precision)
-        report(results, f"ours/expert_epoch/{precision}")
+        table[f"ours/expert_epoch/{precision}"] = partial(
+            ours_child, args, "expert", "--precision", precision
+        )
         for batched in (False, True):
             key = f"ours/evaluation/{'3_seeds_stacked' if batched else '3_seeds_one_by_one'}/{precision}"
             flags = ["--precision", precision, "--seeds", "3", *(["--batched"] if batched else [])]
-            results[key] = ours_child(args, "eval", *flags)
-            report(results, key)
+            table[key] = partial(ours_child, args, "eval", *flags)
     if args.reference:
         for setting in IPC_SETTINGS:
-            results[f"reference/iteration/{setting}"] = reference_iteration(args, setting)
-            report(results, f"reference/iteration/{setting}")
-        results["reference/evaluation"] = reference_evaluation(args)
-        report(results, "reference/evaluation")
-        results["reference/expert_epoch"] = reference_expert_epoch(args)
-        report(results, "reference/expert_epoch")
+            table[f"reference/iteration/{setting}"] = partial(reference_iteration, args, setting)
+        table["reference/evaluation"] = partial(reference_evaluation, args)
+        table["reference/expert_epoch"] = partial(reference_expert_epoch, args)
+    return table
+
+
+def measure_all(args: argparse.Namespace, results: dict) -> dict:
+    """Measure the rows matching ``--only`` (all by default) into ``results``, saving after each."""
+    results.update({"threads": args.threads, "machine": machine(), "date": time.strftime("%Y-%m-%d")})
+    if re.search(args.only, "ours/default_threads_under_accelerate_launch"):
+        threads = results["ours/default_threads_under_accelerate_launch"] = default_threads()
+        print(f"a run started by accelerate launch uses {threads}")
+    for key, measure in rows(args).items():
+        if re.search(args.only, key):
+            results[key] = {**measure(), "date": time.strftime("%Y-%m-%d")}
+            report(results, key)
+            save(args.output, results)
     return results
+
+
+def save(path: str, results: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2))
 
 
 def default_threads() -> dict:
@@ -326,6 +348,12 @@ def main() -> None:
         "--work", default="runs/bench/speed_reference", help="scratch folder for the reference"
     )
     parser.add_argument("--quick", action="store_true", help="a smoke test of the harness (tiny sizes)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="measure only the rows whose key matches this regular expression, keeping the other rows "
+        "already in OUTPUT (e.g. --only 'bf16')",
+    )
     parser.add_argument("--child", choices=["expert", "eval", "threads"], help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, default=3, help=argparse.SUPPRESS)
@@ -341,9 +369,8 @@ def main() -> None:
         return print(
             json.dumps({"threads": configure_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")})
         )
-    results = measure_all(args)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2))
+    previous = json.loads(Path(args.output).read_text()) if args.only and Path(args.output).exists() else {}
+    measure_all(args, previous)
     print(f"wrote {args.output}")
 
 

@@ -26,6 +26,7 @@ from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
 from pdd_hub.params import build_network, flat_params, unflatten
 from pdd_hub.registry import register_method
+from pdd_hub.runtime import autocast
 
 
 @dataclass
@@ -43,6 +44,9 @@ class MTTConfig:
     # backward pass of the unroll: keep every step's graph, or recompute one step at a time in reverse
     # (the same gradient, memory independent of syn_steps); auto: the faster at this size (see RESULTS)
     memory: str = one_of("auto", "constant", "unrolled")
+    # the student's forward passes in the unroll: bf16 autocast makes them faster on hardware with
+    # bf16 units (parameters, the gradient chain and the loss stay fp32; see docs/RESULTS.md)
+    precision: str = one_of("fp32", "bf16")
     momentum: float = non_negative(0.5)  # of the image and LR optimisers
 
     def check(self, run: PDDConfig) -> None:
@@ -182,8 +186,10 @@ class MTT(Distiller):
     ) -> torch.Tensor:
         """The student's gradient at ``theta`` on the (augmented) minibatch ``idx``."""
         x = images[idx] if sample is None else self.augment.apply(images[idx], sample)
-        logits = functional_call(self.network, unflatten(self.network, theta), (x,))
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels[idx]), theta, create_graph=create_graph)
+        with autocast(x.device, self.config.precision):
+            logits = functional_call(self.network, unflatten(self.network, theta), (x,))
+        loss = F.cross_entropy(logits.float(), labels[idx])
+        (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
         return grad
 
     def student_batches(self, union_size: int) -> list[torch.Tensor]:
