@@ -109,6 +109,28 @@ def test_preprocess_serialises_exactly(digits):
     torch.testing.assert_close(plain(digits.train.images).mean(), torch.tensor(0.0), atol=1e-4, rtol=0)
 
 
+def test_statistics_stream_in_chunks_and_equal_the_whole_set_computation(digits, monkeypatch):
+    """Mean, std and ZCA are fitted chunk by chunk (no float copy of the set); the result is the
+    whole-set computation's."""
+    from pdd_hub.data import transforms
+
+    monkeypatch.setattr(transforms, "STATS_CHUNK", 100)  # 14 chunks, the last one short
+    images = digits.train.images
+    pre = Preprocess.fit(images, zca=True)
+    x = images.double() / 255
+    mean = x.mean(dim=(0, 2, 3))
+    std = torch.stack([x[:, c].std() for c in range(x.shape[1])])
+    torch.testing.assert_close(pre.mean, mean.float())
+    torch.testing.assert_close(pre.std, std.float())
+    flat = ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).flatten(1)
+    eigvals, eigvecs = torch.linalg.eigh(torch.cov(flat.T))
+    whiten = (eigvecs * (eigvals.clamp_min(0) + pre.zca.eps).rsqrt()) @ eigvecs.T
+    torch.testing.assert_close(pre.zca.mean, flat.mean(0).float())
+    torch.testing.assert_close(pre.zca.whiten, whiten.float(), atol=1e-4, rtol=1e-4)
+    chunked = ZCAWhitening.fit(flat.float().view_as(images), chunk=64)
+    torch.testing.assert_close(chunked.whiten, pre.zca.whiten, atol=1e-4, rtol=1e-4)
+
+
 def test_zca_needs_two_images():
     with pytest.raises(ValueError, match="two images"):
         ZCAWhitening.fit(torch.randn(1, 1, 2, 2))

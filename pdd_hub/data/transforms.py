@@ -7,7 +7,7 @@ numbers, safetensors for the ZCA matrices) and rebuilt from it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,17 +31,30 @@ class ZCAWhitening:
     eps: float = ZCA_EPS_DEFAULT
 
     @classmethod
-    def fit(cls, images: torch.Tensor, eps: float = ZCA_EPS_DEFAULT, chunk: int = 4096) -> ZCAWhitening:
-        """Fit on float images ``[N, C, H, W]`` (already normalised), unbiased covariance as kornia."""
-        flat = rearrange(images, "n c h w -> n (c h w)")
-        n, dim = flat.shape
+    def fit(
+        cls,
+        images: torch.Tensor,
+        eps: float = ZCA_EPS_DEFAULT,
+        chunk: int = 4096,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> ZCAWhitening:
+        """Fit on images ``[N, C, H, W]`` (already normalised, or made so by ``transform``, which is
+        applied one chunk at a time so that no float copy of the whole set is made); unbiased
+        covariance as kornia."""
+        n, dim = len(images), images[0].numel()
         if n < 2:
             raise ValueError("ZCA needs at least two images to estimate a covariance")
-        mean = flat.mean(dim=0, dtype=torch.float64)
-        cov = torch.zeros(dim, dim, dtype=torch.float64, device=flat.device)
-        for start in range(0, n, chunk):  # float64 accumulation without a float64 copy of the data
-            block = flat[start : start + chunk].double() - mean
-            cov += block.T @ block
+        blocks = [(start, start + chunk) for start in range(0, n, chunk)]
+
+        def flat_block(start: int, stop: int) -> torch.Tensor:
+            block = images[start:stop] if transform is None else transform(images[start:stop])
+            return rearrange(block, "n c h w -> n (c h w)").double()  # float64 accumulation
+
+        mean = sum(flat_block(*b).sum(dim=0) for b in blocks) / n
+        cov = torch.zeros(dim, dim, dtype=torch.float64, device=images.device)
+        for b in blocks:
+            centred = flat_block(*b) - mean
+            cov += centred.T @ centred
         cov /= n - 1
         eigvals, eigvecs = torch.linalg.eigh(cov)
         eigvals = eigvals.clamp_min(0)
@@ -84,13 +97,13 @@ class Preprocess:
         The MTT family whitens raw [0, 1] pixels (``normalize=False, zca=True``); DC/DM/IDC
         normalise without ZCA.
         """
-        x = _to_unit(train_images)
-        channels = x.shape[1]
+        channels = train_images.shape[1]
         if not normalize:
             mean_t, std_t = torch.zeros(channels), torch.ones(channels)
         else:
-            mean_t = torch.tensor(mean, dtype=torch.float32) if mean is not None else _channel_mean(x)
-            std_t = torch.tensor(std, dtype=torch.float32) if std is not None else _channel_std(x)
+            measured = _channel_stats(train_images) if mean is None or std is None else None
+            mean_t = torch.tensor(mean, dtype=torch.float32) if mean is not None else measured[0]
+            std_t = torch.tensor(std, dtype=torch.float32) if std is not None else measured[1]
         if mean_t.numel() != channels or std_t.numel() != channels:
             raise ValueError(
                 f"normalisation mean/std have {mean_t.numel()}/{std_t.numel()} entries but the images have "
@@ -98,7 +111,9 @@ class Preprocess:
             )
         pre = cls(mean_t, std_t)
         if zca:
-            pre.zca = ZCAWhitening.fit(pre.normalize(x), eps=zca_eps)
+            pre.zca = ZCAWhitening.fit(
+                train_images, eps=zca_eps, transform=lambda block: pre.normalize(_to_unit(block))
+            )
         return pre
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,13 +191,23 @@ class Preprocess:
         return cls(mean, std, zca)
 
 
-def _channel_mean(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=(0, 2, 3), dtype=torch.float64).float().cpu()
+# the statistics stream over the set in chunks: a float copy of a whole dataset (four times its uint8
+# size, eight in float64) would set the peak memory of a run
+STATS_CHUNK = 4096
 
 
-def _channel_std(x: torch.Tensor) -> torch.Tensor:
-    # per-channel loop: a float64 copy of a whole dataset would double peak memory
-    return torch.stack([x[:, c].double().std() for c in range(x.shape[1])]).float().cpu()
+def _unit_chunks(images: torch.Tensor) -> Iterator[torch.Tensor]:
+    for start in range(0, len(images), STATS_CHUNK):
+        yield _to_unit(images[start : start + STATS_CHUNK]).double()
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and unbiased standard deviation over all pixels (as ``x[:, c].std()``)."""
+    count = images.numel() // images.shape[1]
+    mean = sum(x.sum(dim=(0, 2, 3)) for x in _unit_chunks(images)) / count
+    centre = mean.view(1, -1, 1, 1)
+    squares = sum(((x - centre) ** 2).sum(dim=(0, 2, 3)) for x in _unit_chunks(images))
+    return mean.float().cpu(), (squares / (count - 1)).sqrt().float().cpu()
 
 
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
