@@ -252,7 +252,7 @@ def reference_evaluation(args: argparse.Namespace) -> dict:
         )
     )
     _, peak, out = measured(
-        [args.reference_python, "-u", str(driver)], child_env(args.threads), cwd=args.reference
+        [args.reference_python, "-u", str(driver.resolve())], child_env(args.threads), cwd=args.reference
     )
     return {**last_json(out), "peak_gib": peak}
 
