@@ -37,9 +37,8 @@ def eval_round(epochs: int = 20) -> tuple[float, float]:
     from utils import evaluate_synset, get_network
 
     from pdd_hub.augment import build_augment
-    from pdd_hub.batched import train_many
     from pdd_hub.params import build_network
-    from pdd_hub.train import StagePlan
+    from pdd_hub.train import StagePlan, train_many
 
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(100, 3, 32, 32, generator=g), torch.arange(10).repeat_interleave(10)
@@ -59,9 +58,9 @@ def expert_round(examples: int = 2560) -> tuple[float, float]:
     from utils import epoch, get_network
 
     from pdd_hub.augment import build_augment
-    from pdd_hub.batched import as_networks
     from pdd_hub.config import ExpertConfig
     from pdd_hub.methods.experts import ExpertGroup
+    from pdd_hub.networks import as_networks
     from pdd_hub.params import build_network
 
     g = torch.Generator().manual_seed(0)

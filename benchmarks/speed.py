@@ -119,10 +119,10 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
     import torch
 
     from pdd_hub.augment import build_augment
-    from pdd_hub.batched import as_networks
     from pdd_hub.config import ExpertConfig
     from pdd_hub.data import Preprocess, PreprocessedImages, load_real_data
     from pdd_hub.methods.experts import ExpertGroup
+    from pdd_hub.networks import as_networks
     from pdd_hub.params import build_network
     from pdd_hub.runtime import configure_threads
 
@@ -151,10 +151,9 @@ def child_evaluation(args: argparse.Namespace) -> None:
     import torch
 
     from pdd_hub.augment import build_augment
-    from pdd_hub.batched import train_many
     from pdd_hub.params import build_network
     from pdd_hub.runtime import configure_threads
-    from pdd_hub.train import StagePlan
+    from pdd_hub.train import StagePlan, train_many
 
     configure_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -207,18 +206,37 @@ def reference_iteration(args: argparse.Namespace, setting: str) -> dict:
     return {"seconds": (runs[long_][0] - runs[short][0]) / (long_ - short), "peak_gib": runs[long_][1]}
 
 
+REFERENCE_EXPERT_DRIVER = """
+import argparse, json, sys, time
+import torch
+sys.path.insert(0, {reference!r})
+from utils import ParamDiffAug, epoch, get_dataset, get_network
+torch.set_num_threads({threads})
+args = argparse.Namespace(
+    dataset="CIFAR10", model="ConvNet", zca=True, device="cpu", dsa=True,
+    dsa_strategy="color_crop_cutout_flip_scale_rotate", dsa_param=ParamDiffAug(), dc_aug_param=None,
+    batch_train=256, texture=False,
+)
+channel, im_size, num_classes, _, _, _, dst_train, *_ = get_dataset(
+    "CIFAR10", {data!r}, 256, "imagenette", args=args
+)
+images = torch.cat([dst_train[i][0][None] for i in range(len(dst_train))])
+labels = torch.tensor([int(dst_train[i][1]) for i in range(len(dst_train))])
+loader = torch.utils.data.DataLoader(
+    torch.utils.data.TensorDataset(images, labels), batch_size=args.batch_train, shuffle=True, num_workers=0
+)
+net = get_network("ConvNet", channel, num_classes, im_size)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0, weight_decay=0)
+start = time.perf_counter()
+epoch("train", loader, net, optimizer, torch.nn.CrossEntropyLoss(), args, aug=True)
+print(json.dumps({{"seconds": time.perf_counter() - start, "examples": len(images)}}))
+"""
+
+
 def reference_expert_epoch(args: argparse.Namespace) -> dict:
-    runs = {}
-    for epochs in (1, 2):
-        work = Path(args.work) / f"expert_epochs_{epochs}"
-        work.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            args.reference_python, "-u", str(Path(args.reference) / "buffer_mtt.py"), "--dataset", "CIFAR10",
-            "--model", "ConvNet", "--data_path", args.reference_data, "--buffer_path", str(work / "buffers"),
-            "--train_epochs", str(epochs), "--num_experts", "1", "--save_interval", "1", "--zca",
-        ]  # fmt: skip
-        runs[epochs] = measured(cmd, child_env(args.threads), cwd=work)
-    return {"seconds": runs[2][0] - runs[1][0], "peak_gib": runs[2][1]}
+    """One training epoch of ``buffer_mtt.py``'s expert loop (its data, DataLoader, DSA and ``epoch``),
+    timed inside the process around that epoch only, as pdd-hub's row is."""
+    return run_reference_driver(args, "expert_driver.py", REFERENCE_EXPERT_DRIVER)
 
 
 REFERENCE_EVAL_DRIVER = """
@@ -244,12 +262,15 @@ print(json.dumps({{"seconds": time.perf_counter() - start}}))
 
 
 def reference_evaluation(args: argparse.Namespace) -> dict:
-    driver = Path(args.work) / "evaluate_driver.py"
+    return run_reference_driver(args, "evaluate_driver.py", REFERENCE_EVAL_DRIVER)
+
+
+def run_reference_driver(args: argparse.Namespace, name: str, template: str) -> dict:
+    """Run a driver script in the reference's checkout and interpreter; its last JSON line and peak."""
+    driver = Path(args.work) / name
     driver.parent.mkdir(parents=True, exist_ok=True)
     driver.write_text(
-        REFERENCE_EVAL_DRIVER.format(
-            reference=str(Path(args.reference)), threads=args.threads, data=args.reference_data
-        )
+        template.format(reference=str(Path(args.reference)), threads=args.threads, data=args.reference_data)
     )
     _, peak, out = measured(
         [args.reference_python, "-u", str(driver.resolve())], child_env(args.threads), cwd=args.reference

@@ -21,7 +21,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from pdd_hub.batched import train_many
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.hub import PDDDataset, SyntheticStage, stage_checksum
@@ -29,7 +28,7 @@ from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
 from pdd_hub.rng import stream
 from pdd_hub.runtime import batch_networks_by_default, make_accelerator
-from pdd_hub.train import plan_stages, recipe_augmentations
+from pdd_hub.train import plan_stages, recipe_augmentations, train_many
 
 BASELINES = ("random",)
 

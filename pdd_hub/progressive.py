@@ -23,7 +23,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file
 
-from pdd_hub.batched import train_many
 from pdd_hub.config import PDDConfig, init_selection
 from pdd_hub.distill import distill_stage
 from pdd_hub.forgetting import stage_pool
@@ -36,7 +35,7 @@ from pdd_hub.rng import stream
 from pdd_hub.run import FinishedStage, Run
 from pdd_hub.runtime import make_accelerator
 from pdd_hub.selection import selection_indices
-from pdd_hub.train import StagePlan, TrainingRecipe
+from pdd_hub.train import StagePlan, TrainingRecipe, train_many
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,14 @@ recipe of the method that made it (:class:`TrainingRecipe`: SGD with momentum 0.
 5e-4, the LR schedule restarted at every stage, DSA and, for IDC, CutMix on every minibatch). One
 optimiser lives across stages, so its momentum carries over, as in the official evaluations. The
 synthetic set is tiny, so it stays on the device: minibatches are index slices, no DataLoader.
+:func:`train_networks` is the one loop: it trains one module or K stacked networks
+(:mod:`pdd_hub.networks`) with the same per-network random draws, so the seeds of an evaluation, the
+start states of a transition and the validation networks train the same way batched or not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,8 @@ from tqdm.auto import tqdm
 
 from pdd_hub.augment import DSA, CutMix, build_augment
 from pdd_hub.hub import PDDDataset
+from pdd_hub.networks import Networks, NetworkStack, SingleNetwork, can_batch, networks_accuracy
+from pdd_hub.params import load_flat_params
 from pdd_hub.runtime import autocast
 
 MODES = ("progressive", "sequential", "union")
@@ -150,54 +155,117 @@ def train_stages(
     """Train ``model`` (already on its device) through ``plans`` with one SGD optimiser whose state
     carries across stages; ``after_stage(k, model)`` runs after each. Returns the optimiser so a
     caller can continue training with its momentum."""
-    device = next(model.parameters()).device
+    return train_networks(
+        SingleNetwork(model),
+        plans,
+        augment=augment,
+        generators=[generator],
+        cutmix=cutmix,
+        after_stage=None if after_stage is None else lambda k, _: after_stage(k, model),
+        optimizer=optimizer,
+        precision=precision,
+        progress=progress,
+        description=description,
+    )
+
+
+def train_networks(
+    networks: Networks,
+    plans: list[StagePlan],
+    *,
+    augment: DSA | None,
+    generators: Sequence[torch.Generator],
+    cutmix: CutMix | None = None,
+    after_stage: Callable[[int, Networks], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    precision: str = "fp32",
+    progress: bool = False,
+    description: str = "train",
+) -> torch.optim.Optimizer:
+    """:func:`train_stages` for K networks at once (one module, or a stack under vmap), network k
+    drawing from ``generators[k]``; stage k's LR schedule restarts, the optimiser's state carries."""
+    device = networks.parameters()[0].device
     if optimizer is None:
         first = plans[0]
         optimizer = torch.optim.SGD(
-            model.parameters(), lr=first.lr, momentum=first.momentum, weight_decay=first.weight_decay
+            networks.parameters(), lr=first.lr, momentum=first.momentum, weight_decay=first.weight_decay
         )
     bar = tqdm(total=sum(p.epochs for p in plans), desc=description, disable=not progress, leave=False)
     for k, plan in enumerate(plans):
         images, labels = plan.images.to(device), plan.labels.to(device)
-        model.train()
+        networks.template.train()
         for epoch in range(plan.epochs):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(plan.lr_schedule, plan.lr, epoch, plan.epochs)
-                group["momentum"] = plan.momentum
-                group["weight_decay"] = plan.weight_decay
+                group.update(
+                    lr=lr_at(plan.lr_schedule, plan.lr, epoch, plan.epochs),
+                    momentum=plan.momentum,
+                    weight_decay=plan.weight_decay,
+                )
             train_epoch(
-                model, optimizer, images, labels, plan.batch_size, augment, generator, cutmix, precision
+                networks, optimizer, images, labels, plan.batch_size, augment, generators, cutmix, precision
             )
             bar.update(1)
         if after_stage is not None:
-            after_stage(k, model)
+            after_stage(k, networks)
     bar.close()
     return optimizer
 
 
 def train_epoch(
-    model: nn.Module,
+    networks: Networks,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     augment: DSA | None,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     cutmix: CutMix | None = None,
     precision: str = "fp32",
-) -> float:
-    """One pass over ``images`` in shuffled minibatches; returns the mean loss."""
-    order = torch.randperm(len(images), generator=generator).to(images.device)
-    total = 0.0
+) -> None:
+    """One shuffled pass over ``images`` for every network, each in its own order and with its own
+    augmentation draws."""
+    orders = [torch.randperm(len(images), generator=g).to(images.device) for g in generators]
     for start in range(0, len(images), batch_size):
-        idx = order[start : start + batch_size]
-        with autocast(images.device, precision):
-            loss = minibatch_loss(model, images[idx], labels[idx], augment, generator, cutmix)
+        batches = [
+            augmented_minibatch(images[idx], labels[idx], augment, g, cutmix)
+            for idx, g in ((order[start : start + batch_size], g) for order, g in zip(orders, generators))
+        ]
+        x, y, partner = (torch.stack([b[i] for b in batches]) for i in range(3))
+        weights = [b[3] for b in batches]
+        weight = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=x.device)
+        with autocast(x.device, precision):
+            # summed over networks, so that each network's gradient is that of its own mean loss
+            loss = mixed_cross_entropy(networks(x), y, partner, weight).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(idx)
-    return total / len(images)
+
+
+def augmented_minibatch(
+    x: torch.Tensor, y: torch.Tensor, augment: DSA | None, generator: torch.Generator, cutmix: CutMix | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One network's minibatch after DSA (per example) and CutMix: images, labels, the CutMix
+    partners' labels and the weight of the own labels (``y`` and 1 without CutMix)."""
+    if augment is not None:
+        x = augment(x, generator)
+    if cutmix is None:
+        return x, y, y, 1.0
+    x, partner, weight = cutmix(x, y, generator)
+    return x, y, partner, weight
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """Each network's mean CutMix loss ``weight * CE(y) + (1 - weight) * CE(partner)``: ``[K]`` from
+    logits ``[K, B, classes]``, labels ``[K, B]`` and weights ``[K]`` (``None``: no mixing)."""
+    own = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(y), -1).mean(1)
+    if weight is None:
+        return own
+    mixed = (
+        F.cross_entropy(logits.flatten(0, 1), partner.flatten(), reduction="none").view(len(y), -1).mean(1)
+    )
+    return weight * own + (1 - weight) * mixed
 
 
 def minibatch_loss(
@@ -208,30 +276,59 @@ def minibatch_loss(
     generator: torch.Generator,
     cutmix: CutMix | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of one augmented minibatch (DSA per example, then CutMix with mixed labels)."""
-    if augment is not None:
-        x = augment(x, generator)
-    if cutmix is None:
-        return F.cross_entropy(model(x), y)
-    x, partner, weight = cutmix(x, y, generator)
-    logits = model(x)
-    if weight == 1.0:
-        return F.cross_entropy(logits, y)
-    return weight * F.cross_entropy(logits, y) + (1 - weight) * F.cross_entropy(logits, partner)
+    """Cross-entropy of one augmented minibatch of one model (DSA per example, then CutMix with
+    mixed labels)."""
+    x, y, partner, weight = augmented_minibatch(x, y, augment, generator, cutmix)
+    mixing = None if weight == 1.0 else torch.tensor([weight], device=x.device)
+    return mixed_cross_entropy(model(x)[None], y[None], partner[None], mixing)[0]
 
 
-@torch.no_grad()
+def train_many(
+    models: Sequence[nn.Module],
+    plans: list[StagePlan],
+    *,
+    augment: DSA | None,
+    generators: Sequence[torch.Generator],
+    cutmix: CutMix | None = None,
+    batched: bool = False,
+    precision: str = "fp32",
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: bool = False,
+    description: str = "train",
+) -> list[list[float]]:
+    """Train every model (in place) through ``plans``, model k drawing from ``generators[k]``; stacked
+    under vmap when ``batched`` (and the models allow it), else one after the other. With ``test``,
+    returns each model's accuracy on it after every stage (``[model][stage]``)."""
+    if batched and len(models) > 1 and can_batch(models[0]):
+        groups = [(NetworkStack.of(models), list(range(len(models))))]
+    else:
+        groups = [(SingleNetwork(model), [k]) for k, model in enumerate(models)]
+    accuracies: list[list[float]] = [[] for _ in models]
+    for networks, members in groups:
+
+        def test_after_stage(_stage: int, trained: Networks, members: list[int] = members) -> None:
+            for k, acc in zip(members, networks_accuracy(trained, *test), strict=True):
+                accuracies[k].append(acc)
+
+        train_networks(
+            networks,
+            plans,
+            augment=augment,
+            generators=[generators[k] for k in members],
+            cutmix=cutmix,
+            precision=precision,
+            after_stage=test_after_stage if test is not None else None,
+            progress=progress,
+            description=description,
+        )
+        if isinstance(networks, NetworkStack):
+            for model, trained in zip(models, networks.flat(), strict=True):
+                load_flat_params(model, trained)
+    return accuracies
+
+
 def evaluate_accuracy(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
 ) -> float:
     """Top-1 accuracy of ``model`` on preprocessed ``images`` (moved to the model's device in chunks)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device, non_blocking=True)
-        y = labels[start : start + batch_size].to(device, non_blocking=True)
-        correct += (model(x).argmax(dim=1) == y).sum().item()
-    model.train(was_training)
-    return correct / max(1, len(images))
+    return networks_accuracy(SingleNetwork(model), images, labels, batch_size)[0]

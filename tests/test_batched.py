@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pdd_hub.augment import DSA, CutMix
-from pdd_hub.batched import NetworkStack, can_batch, stack_accuracy, train_many
+from pdd_hub.networks import NetworkStack, can_batch, networks_accuracy
 from pdd_hub.params import build_network, flat_params
-from pdd_hub.train import StagePlan, evaluate_accuracy
+from pdd_hub.train import StagePlan, evaluate_accuracy, train_many
 
 
 def networks(k: int = 3, model: str = "convnet_d2") -> list[torch.nn.Module]:
@@ -56,7 +56,7 @@ def test_stacked_networks_keep_their_own_parameters_and_test_each():
     stack = NetworkStack.of(models)
     assert torch.equal(stack.flat(), torch.stack([flat_params(m) for m in models]))
     x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))
-    assert stack_accuracy(stack, x, y, batch_size=7) == pytest.approx(
+    assert networks_accuracy(stack, x, y, batch_size=7) == pytest.approx(
         [evaluate_accuracy(m, x, y) for m in models]
     )
     rebuilt = NetworkStack.from_flat(models[0], stack.flat())

@@ -11,8 +11,8 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-import pdd_hub.batched as batched
 import pdd_hub.progressive as progressive
+import pdd_hub.train as train_module
 from pdd_hub.config import config_from_dict
 from pdd_hub.errors import ConfigError, DistillationDivergedError
 from pdd_hub.hub import load_pdd
@@ -228,7 +228,7 @@ def test_kill_mid_stage_between_checkpoints_and_in_the_transition(tmp_path, fini
     config = tiny(tmp_path)
     calls = {"loss": 0, "transition": 0}
     real_loss = MTT.loss
-    real_train = batched.train_stages
+    real_train = train_module.train_networks
 
     def dying_loss(self, images, labels):
         calls["loss"] += 1
@@ -236,18 +236,18 @@ def test_kill_mid_stage_between_checkpoints_and_in_the_transition(tmp_path, fini
             raise KeyboardInterrupt("killed")
         return real_loss(self, images, labels)
 
-    def dying_train(model, plans, **kwargs):
+    def dying_train(networks, plans, **kwargs):
         if plans[0].name.startswith("stage_1.."):  # the transition, not validation
             calls["transition"] += 1
             if calls["transition"] == 2:  # after the first network's part was saved
                 raise KeyboardInterrupt("killed in the transition")
-        return real_train(model, plans, **kwargs)
+        return real_train(networks, plans, **kwargs)
 
-    monkeypatch.setattr(batched, "train_stages", dying_train)
+    monkeypatch.setattr(train_module, "train_networks", dying_train)
     with pytest.raises(KeyboardInterrupt, match="transition"):
         run_pdd(config, Accelerator(cpu=True))
     assert len(list((tmp_path / "run" / "start_states" / "stage_2.parts").iterdir())) == 1
-    monkeypatch.setattr(batched, "train_stages", real_train)
+    monkeypatch.setattr(train_module, "train_networks", real_train)
     monkeypatch.setattr(MTT, "loss", dying_loss)
     with pytest.raises(KeyboardInterrupt, match="killed"):
         run_pdd(config, Accelerator(cpu=True))

@@ -24,6 +24,7 @@ from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.matching import METRICS, class_gradient_distance, matched_parameters
+from pdd_hub.networks import SingleNetwork
 from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.registry import register_method
 from pdd_hub.train import train_epoch
@@ -117,13 +118,13 @@ class DC(Distiller):
         optimizer = torch.optim.SGD(self.network.parameters(), lr=self.config.lr_net)
         for _ in range(self.inner_loop):
             train_epoch(
-                self.network,
+                SingleNetwork(self.network),
                 optimizer,
                 images,
                 labels,
                 self.config.batch_train,
                 self.augment,
-                self.ctx.generator,
+                [self.ctx.generator],
             )
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from pdd_hub.augment import DSA
-from pdd_hub.batched import Networks, as_networks, momentum_of, set_momentum_of
 from pdd_hub.config import ExpertConfig, ImportanceConfig
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.io import load_json, save_json, save_tensors
 from pdd_hub.methods.base import StageContext
 from pdd_hub.methods.sampling import importance_probabilities
+from pdd_hub.networks import Networks, as_networks, momentum_of, set_momentum_of
 from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.rng import stream
 from pdd_hub.runtime import autocast
