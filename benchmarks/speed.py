@@ -14,8 +14,10 @@ with ``os.wait4``; on a GPU pdd-hub's figures are CUDA max-allocated):
   ``--Iteration 2`` and ``7``, the difference of the two wall times over 5 (start-up and its
   evaluation at iteration 0 cancel out);
 * seconds per expert epoch on all 50,000 CIFAR-10 training images (ConvNet-D3, batch 256, DSA,
-  ZCA): pdd-hub's expert trainer for one epoch; the reference: ``buffer_mtt.py`` with
-  ``--train_epochs 1`` and ``2``, the difference;
+  ZCA): pdd-hub's expert trainer for one epoch; the reference: one epoch of ``buffer_mtt.py``'s
+  training loop (its ZCA'd data, DataLoader, DSA and ``utils.epoch``) in a driver, timed around that
+  epoch only (the difference of a 2-epoch and a 1-epoch ``buffer_mtt.py`` run, used before, also
+  counted its start-up, which varies by minutes between runs);
 * seconds to evaluate 100 images (10 per class): 300 epochs of training, then the 10,000 test
   images, per seed: pdd-hub one seed at a time and 3 seeds stacked, fp32 and bf16; the reference's
   ``utils.evaluate_synset`` (called from a driver written to a scratch folder).
