@@ -16,8 +16,8 @@ with ``os.wait4``; on a GPU pdd-hub's figures are CUDA max-allocated):
 * seconds per expert epoch on all 50,000 CIFAR-10 training images (ConvNet-D3, batch 256, DSA,
   ZCA): pdd-hub's expert trainer for one epoch; the reference: one epoch of ``buffer_mtt.py``'s
   training loop (its ZCA'd data, DataLoader, DSA and ``utils.epoch``) in a driver, timed around that
-  epoch only (the difference of a 2-epoch and a 1-epoch ``buffer_mtt.py`` run, used before, also
-  counted its start-up, which varies by minutes between runs);
+  epoch only, as pdd-hub's is (before, the difference of a 2-epoch and a 1-epoch ``buffer_mtt.py``
+  run, which also holds the difference of their start-ups and an extra test pass);
 * seconds to evaluate 100 images (10 per class): 300 epochs of training, then the 10,000 test
   images, per seed: pdd-hub one seed at a time and 3 seeds stacked, fp32 and bf16; the reference's
   ``utils.evaluate_synset`` (called from a driver written to a scratch folder).
