@@ -208,17 +208,22 @@ def reference_iteration(args: argparse.Namespace, setting: str) -> dict:
     return {"seconds": (runs[long_][0] - runs[short][0]) / (long_ - short), "peak_gib": runs[long_][1]}
 
 
-REFERENCE_EXPERT_DRIVER = """
+# The start of every driver run in the reference's interpreter: its modules, threads and the
+# arguments its training functions read (ConvNet, ZCA, DSA as the paper's CIFAR-10 setting).
+REFERENCE_DRIVER_HEAD = """
 import argparse, json, sys, time
 import torch
 sys.path.insert(0, {reference!r})
-from utils import ParamDiffAug, epoch, get_dataset, get_network
+from utils import ParamDiffAug, epoch, evaluate_synset, get_dataset, get_network
 torch.set_num_threads({threads})
 args = argparse.Namespace(
     dataset="CIFAR10", model="ConvNet", zca=True, device="cpu", dsa=True,
     dsa_strategy="color_crop_cutout_flip_scale_rotate", dsa_param=ParamDiffAug(), dc_aug_param=None,
-    batch_train=256, texture=False,
+    lr_net=0.01, epoch_eval_train=300, batch_train=256, texture=False,
 )
+"""
+
+REFERENCE_EXPERT_DRIVER = """
 channel, im_size, num_classes, _, _, _, dst_train, *_ = get_dataset(
     "CIFAR10", {data!r}, 256, "imagenette", args=args
 )
@@ -242,16 +247,6 @@ def reference_expert_epoch(args: argparse.Namespace) -> dict:
 
 
 REFERENCE_EVAL_DRIVER = """
-import argparse, json, sys, time
-import torch
-sys.path.insert(0, {reference!r})
-from utils import ParamDiffAug, evaluate_synset, get_dataset, get_network
-torch.set_num_threads({threads})
-args = argparse.Namespace(
-    dataset="CIFAR10", model="ConvNet", zca=True, device="cpu", dsa=True,
-    dsa_strategy="color_crop_cutout_flip_scale_rotate", dsa_param=ParamDiffAug(), dc_aug_param=None,
-    lr_net=0.01, epoch_eval_train=300, batch_train=256, texture=False,
-)
 channel, im_size, num_classes, *rest = get_dataset("CIFAR10", {data!r}, 256, "imagenette", args=args)
 g = torch.Generator().manual_seed(0)
 images = torch.randn(100, channel, *im_size, generator=g)
@@ -272,7 +267,9 @@ def run_reference_driver(args: argparse.Namespace, name: str, template: str) -> 
     driver = Path(args.work) / name
     driver.parent.mkdir(parents=True, exist_ok=True)
     driver.write_text(
-        template.format(reference=str(Path(args.reference)), threads=args.threads, data=args.reference_data)
+        (REFERENCE_DRIVER_HEAD + template).format(
+            reference=str(Path(args.reference)), threads=args.threads, data=args.reference_data
+        )
     )
     _, peak, out = measured(
         [args.reference_python, "-u", str(driver.resolve())], child_env(args.threads), cwd=args.reference

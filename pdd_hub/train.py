@@ -226,10 +226,10 @@ def train_epoch(
     augmentation draws."""
     orders = [torch.randperm(len(images), generator=g).to(images.device) for g in generators]
     for start in range(0, len(images), batch_size):
-        batches = [
-            augmented_minibatch(images[idx], labels[idx], augment, g, cutmix)
-            for idx, g in ((order[start : start + batch_size], g) for order, g in zip(orders, generators))
-        ]
+        batches = []
+        for order, generator in zip(orders, generators, strict=True):
+            idx = order[start : start + batch_size]
+            batches.append(augmented_minibatch(images[idx], labels[idx], augment, generator, cutmix))
         x, y, partner = (torch.stack([b[i] for b in batches]) for i in range(3))
         weights = [b[3] for b in batches]
         weight = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=x.device)
@@ -259,12 +259,11 @@ def mixed_cross_entropy(
 ) -> torch.Tensor:
     """Each network's mean CutMix loss ``weight * CE(y) + (1 - weight) * CE(partner)``: ``[K]`` from
     logits ``[K, B, classes]``, labels ``[K, B]`` and weights ``[K]`` (``None``: no mixing)."""
-    own = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(y), -1).mean(1)
+    flat = logits.flatten(0, 1)
+    own = F.cross_entropy(flat, y.flatten(), reduction="none").view(len(y), -1).mean(1)
     if weight is None:
         return own
-    mixed = (
-        F.cross_entropy(logits.flatten(0, 1), partner.flatten(), reduction="none").view(len(y), -1).mean(1)
-    )
+    mixed = F.cross_entropy(flat, partner.flatten(), reduction="none").view(len(y), -1).mean(1)
     return weight * own + (1 - weight) * mixed
 
 

@@ -116,9 +116,10 @@ class DC(Distiller):
     def train_network(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """``inner_loop`` epochs of plain SGD on the synthetic set (per-example augmentation)."""
         optimizer = torch.optim.SGD(self.network.parameters(), lr=self.config.lr_net)
+        network = SingleNetwork(self.network)
         for _ in range(self.inner_loop):
             train_epoch(
-                SingleNetwork(self.network),
+                network,
                 optimizer,
                 images,
                 labels,

@@ -30,6 +30,7 @@ from pdd_hub.networks import Networks, as_networks, momentum_of, set_momentum_of
 from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.rng import stream
 from pdd_hub.runtime import autocast
+from pdd_hub.train import mixed_cross_entropy
 
 MANIFEST = "manifest.json"
 
@@ -313,8 +314,8 @@ class ExpertGroup:
             y = train_y[idx]
             with autocast(x.device, self.precision):
                 logits = networks(x)
-                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(idx), -1)
-                loss = loss.mean(1).sum()  # each expert's gradient is that of its own mean loss
+                # each expert's gradient is that of its own mean loss
+                loss = mixed_cross_entropy(logits, y, y, None).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
