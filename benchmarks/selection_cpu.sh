@@ -9,6 +9,7 @@
 #   3. PDD + DM with forgetting bands (band width 1 forgetting event) vs on all data;
 # then 3 seeds of ConvNet-D3 on each (DSA, LR 0.01, 300 epochs per stage), full 10k test set.
 # Usage: bash benchmarks/selection_cpu.sh [CIFAR10_DIR] [OUT_DIR] [PART ...]   (parts: select dm; default both)
+# VARIANTS picks the DM variants (default: sensitivity importance bands), e.g. to run them on two cores.
 # Re-running resumes (runs continue from checkpoints; finished exports and evaluations are skipped).
 set -euo pipefail
 data=${1:-../shared/datasets/cifar10}
@@ -44,7 +45,7 @@ declare -A variants=(
     [importance]="real_sampling=importance importance.refresh_every=50"
     [bands]="forgetting.mode=band forgetting.band_width=1 scoring.runs=1 scoring.epochs=5"
 )
-for v in sensitivity importance bands; do
+for v in ${VARIANTS:-sensitivity importance bands}; do
     /usr/bin/time -v $launch distill --config recipes/configs/cifar10_dm_cpu.yaml dataset="$data" \
         output_dir="$out/dm_$v" progress=false ${variants[$v]} 2>&1 | tee -a "$out/dm_$v.log"
     [ -f "$out/eval_dm_$v.json" ] || /usr/bin/time -v $eval "$out/dm_$v/dataset" --real "$data" --model convnet_d3 \

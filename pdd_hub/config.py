@@ -224,6 +224,20 @@ def init_config_cls(init: str) -> Callable[[], Any]:
     return entry.config_cls or (lambda: None)
 
 
+def unused_sections(config: PDDConfig) -> set[str]:
+    """The config sections that cannot change what ``config``'s run computes: forgetting bands that
+    are off, importance sampling with uniform batches, scoring networks that nothing asks for (no
+    bands, and an init that needs neither features nor scores)."""
+    unused = set()
+    if config.forgetting.mode == "off":
+        unused.add("forgetting")
+    if config.real_sampling == "uniform":
+        unused.add("importance")
+    if config.forgetting.mode == "off" and init_selection(config.init) in (None, "random"):
+        unused.add("scoring")
+    return unused
+
+
 # --- loading ---------------------------------------------------------------------------------------
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PDDConfig:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""

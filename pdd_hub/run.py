@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 from pdd_hub.augment import build_augment
 from pdd_hub.checkpoint import StageCheckpoint
-from pdd_hub.config import PDDConfig, config_from_dict, flatten_config, save_config
+from pdd_hub.config import PDDConfig, config_from_dict, flatten_config, save_config, unused_sections
 from pdd_hub.data import ImageSet, Preprocess, PreprocessedImages, RealData, load_real_data
 from pdd_hub.errors import ConfigError, ModelNotFoundError
 from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
@@ -246,10 +246,13 @@ class Run:
                     f"the run's saved config {path} is unreadable ({exc}); move it away"
                 ) from exc
             before = flatten_config(previous.to_dict())
+            # a section unused before and now (e.g. a changed default of forgetting bands that are
+            # off) does not stop a resumption
+            ignored = RESUMABLE_KEYS | (unused_sections(previous) & unused_sections(self.config))
             changed = sorted(
                 k
                 for k, v in flatten_config(self.config.to_dict()).items()
-                if k.split(".")[0] not in RESUMABLE_KEYS and before.get(k) != v
+                if k.split(".")[0] not in ignored and before.get(k) != v
             )
             if changed:
                 raise ConfigError(

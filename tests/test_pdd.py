@@ -206,6 +206,21 @@ def test_rerun_with_a_different_config_is_refused(finished_run):
         run_pdd(changed, Accelerator(cpu=True))
 
 
+def test_rerun_ignores_changes_to_sections_the_run_does_not_use(finished_run):
+    config, out = finished_run
+    data = config.to_dict()
+    assert data["forgetting"]["mode"] == "off" and data["real_sampling"] == "uniform"
+    unused = config_from_dict(
+        {**data, "forgetting": {"mode": "off", "band_width": 7.0}, "importance": {"floor": 0.5}}
+    )
+    stages = [s.images.clone() for s in load_pdd(out / "dataset").stages]
+    run_pdd(unused, Accelerator(cpu=True))  # and records the new (unused) values
+    assert all(torch.equal(a, s.images) for a, s in zip(stages, load_pdd(out / "dataset").stages))
+    used = config_from_dict({**data, "forgetting": {"mode": "band", "band_width": 7.0}})
+    with pytest.raises(ConfigError, match=r"changed: forgetting.mode\)"):
+        run_pdd(used, Accelerator(cpu=True))
+
+
 def test_tensorboard_tracker_logs_loss_lr_and_validation(tmp_path):
     from pdd_hub.recipe import build_accelerator
 
