@@ -22,6 +22,10 @@ with ``os.wait4``; on a GPU pdd-hub's figures are CUDA max-allocated):
   images, per seed: pdd-hub one seed at a time and 3 seeds stacked, fp32 and bf16; the reference's
   ``utils.evaluate_synset`` (called from a driver written to a scratch folder).
 
+pdd-hub's expert epoch and one-at-a-time evaluation are also measured through ``torch.compile``
+(``compile: true``, ``pdd-hub eval --compile``); the one-time compilation of a process is timed
+apart (``compile_seconds``, on a throwaway network) and not in the figure it precedes.
+
 The reference needs a few patches to run on a CPU (torchvision's download check, one ``.cuda()``, one
 undefined argument, and ``.detach().cpu().clone()`` where trajectories are saved), and its data in
 torchvision's CIFAR-10 layout; ``--reference-buffer-data`` (e.g. a 5,000-image copy) makes the expert
@@ -134,18 +138,26 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
         real.train = real.train.subset(torch.arange(0, len(real.train), 50))
     preprocess = Preprocess.fit(real.train.images, normalize=False, zca=True)
     images = PreprocessedImages(real.train.images, preprocess)
-    network = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
     group = ExpertGroup(
         Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision=args.precision
     )
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
     group.counts = None
-    start = time.perf_counter()
-    group.epoch(
-        as_networks([network]), optimizer, images, real.train.labels, torch.arange(len(real.train)),
-        build_augment("dsa"), [torch.Generator().manual_seed(0)],
-    )  # fmt: skip
-    print(json.dumps({"seconds": time.perf_counter() - start, "examples": len(real.train)}))
+
+    def epoch(pool: torch.Tensor) -> float:
+        network = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
+        start = time.perf_counter()
+        group.epoch(
+            as_networks([network], args.compile), optimizer, images, real.train.labels, pool,
+            build_augment("dsa"), [torch.Generator().manual_seed(0)],
+        )  # fmt: skip
+        return time.perf_counter() - start
+
+    # torch.compile compiles once per process: timed apart, on a throwaway network's full and last
+    # (partial) batch
+    compile_seconds = epoch(torch.arange(256 + len(real.train) % 256)) if args.compile else None
+    seconds = epoch(torch.arange(len(real.train)))
+    print(json.dumps({"seconds": seconds, "compile_seconds": compile_seconds, "examples": len(real.train)}))
 
 
 def child_evaluation(args: argparse.Namespace) -> None:
@@ -162,16 +174,31 @@ def child_evaluation(args: argparse.Namespace) -> None:
     images, labels = torch.randn(100, 3, 32, 32, generator=g), torch.arange(10).repeat_interleave(10)
     test = (torch.randn(10_000, 3, 32, 32, generator=g), torch.randint(0, 10, (10_000,), generator=g))
     seeds = range(args.seeds)
+
+    def train(models: list, epochs: int) -> float:
+        start = time.perf_counter()
+        train_many(
+            models, [StagePlan("s", images, labels, 0.01, epochs)], augment=build_augment("dsa"),
+            generators=[torch.Generator().manual_seed(s) for s in seeds][: len(models)],
+            batched=args.batched, precision=args.precision, compile=args.compile, test=test,
+        )  # fmt: skip
+        return time.perf_counter() - start
+
+    # torch.compile compiles once per process: timed apart, on one epoch of a throwaway network
+    throwaway = [build_network("convnet_d3", 10, (3, 32, 32), seed=99)]
+    compile_seconds = train(throwaway, 1) if args.compile else None
     models = [build_network("convnet_d3", 10, (3, 32, 32), seed=s) for s in seeds]
-    plan = StagePlan("s", images, labels, 0.01, 3 if args.quick else 300)
-    start = time.perf_counter()
-    train_many(
-        models, [plan], augment=build_augment("dsa"),
-        generators=[torch.Generator().manual_seed(s) for s in seeds], batched=args.batched,
-        precision=args.precision, test=test,
-    )  # fmt: skip
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "seconds_per_seed": seconds / len(models), "seeds": len(models)}))
+    seconds = train(models, 3 if args.quick else 300)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "seconds_per_seed": seconds / len(models),
+                "seeds": len(models),
+                "compile_seconds": compile_seconds,
+            }
+        )
+    )
 
 
 # --- the reference -------------------------------------------------------------------------------
@@ -293,13 +320,17 @@ def rows(args: argparse.Namespace) -> dict[str, Callable[[], dict]]:
                 ours_iteration, args, "ipc10", memory, syn_steps=steps
             )
     for precision in ("fp32", "bf16"):
-        table[f"ours/expert_epoch/{precision}"] = partial(
-            ours_child, args, "expert", "--precision", precision
+        for compiled in (False, True):
+            suffix, flags = ("/compile", ["--compile"]) if compiled else ("", [])
+            table[f"ours/expert_epoch/{precision}{suffix}"] = partial(
+                ours_child, args, "expert", "--precision", precision, *flags
+            )
+            table[f"ours/evaluation/3_seeds_one_by_one/{precision}{suffix}"] = partial(
+                ours_child, args, "eval", "--precision", precision, "--seeds", "3", *flags
+            )
+        table[f"ours/evaluation/3_seeds_stacked/{precision}"] = partial(
+            ours_child, args, "eval", "--precision", precision, "--seeds", "3", "--batched"
         )
-        for batched in (False, True):
-            key = f"ours/evaluation/{'3_seeds_stacked' if batched else '3_seeds_one_by_one'}/{precision}"
-            flags = ["--precision", precision, "--seeds", "3", *(["--batched"] if batched else [])]
-            table[key] = partial(ours_child, args, "eval", *flags)
     if args.reference:
         for setting in IPC_SETTINGS:
             table[f"reference/iteration/{setting}"] = partial(reference_iteration, args, setting)
@@ -378,6 +409,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "expert":
         return child_expert_epoch(args)

@@ -57,6 +57,7 @@ def _eval(args: argparse.Namespace) -> int:
         "runs_dir": None if args.no_resume else Path(args.output).with_suffix(".runs"),
         "batched": args.batched,
         "precision": args.precision,
+        "compile": args.compile,
     }
     report = evaluate_export(pdd, test, models, seeds, **settings)
     if args.baseline == "random":
@@ -245,6 +246,11 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
         choices=["fp32", "bf16"],
         default="fp32",
         help="bf16: autocast the forward passes (faster where the hardware has bf16; see docs/RESULTS.md)",
+    )
+    ev.add_argument(
+        "--compile",
+        action="store_true",
+        help="train each seed through torch.compile (pays after its first seconds; see docs/RESULTS.md)",
     )
     ev.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
     ev.add_argument(

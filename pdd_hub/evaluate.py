@@ -182,6 +182,7 @@ class EvalSetup:
     runs_dir: Path | None
     batched: bool
     precision: str
+    compile: bool
     show: bool
 
 
@@ -200,11 +201,13 @@ def evaluate_export(
     tag: str = "",
     batched: bool | None = None,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> EvalReport:
     """Train every model with every seed on the export's schedule, with the recipe it records
     (augmentation, CutMix, LR schedule); test after each phase. Models appear in the report as
     ``name + tag`` (e.g. ``" [random real]"`` for a baseline). The seeds of a model train stacked
-    (``batched``; default: on GPUs) and the runs are split over accelerate's processes.
+    (``batched``; default: on GPUs), else one at a time (through ``torch.compile`` with ``compile``),
+    and the runs are split over accelerate's processes.
 
     ``runs_dir`` keeps one JSON per finished (model, seed) run; runs found there with the same
     export, schedule, test set and settings are reused instead of retrained.
@@ -227,6 +230,7 @@ def evaluate_export(
         runs_dir=runs_dir,
         batched=batch_networks_by_default(device) if batched is None else batched,
         precision=precision,
+        compile=compile,
         show=progress and accelerator.is_main_process,
     )
     jobs = [(name, seed) for name in model_names for seed in seeds]
@@ -281,6 +285,7 @@ def run_model_seeds(setup: EvalSetup, name: str, seeds: list[int], tag: str) -> 
             generators=[torch.Generator().manual_seed(seed) for seed in group],
             batched=setup.batched,
             precision=setup.precision,
+            compile=setup.compile,
             test=setup.test,
             progress=setup.show,
             description=f"{label} seed{'s' if len(group) > 1 else ''} {', '.join(map(str, group))}",

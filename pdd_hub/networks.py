@@ -88,10 +88,13 @@ class NetworkStack:
 
 class SingleNetwork:
     """One network behind :class:`NetworkStack`'s interface (K = 1), running the module itself
-    (faster than a one-network stack on a CPU)."""
+    (faster than a one-network stack on a CPU), or, with ``compile``, its ``torch.compile``-d forward
+    (the same parameters; the compiled code is shared by every network of one architecture, so only
+    the first of a process pays the compilation)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, compile: bool = False) -> None:
         self.template = model
+        self.forward = torch.compile(model) if compile else model
 
     def __len__(self) -> int:
         return 1
@@ -106,18 +109,18 @@ class SingleNetwork:
         load_flat_params(self.template, states[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.template(x[0])[None]
+        return self.forward(x[0])[None]
 
     def on_shared(self, x: torch.Tensor) -> torch.Tensor:
-        return self.template(x)[None]
+        return self.forward(x)[None]
 
 
 Networks = NetworkStack | SingleNetwork
 
 
-def as_networks(models: Sequence[nn.Module]) -> Networks:
-    """A stack of ``models``, or the one model itself."""
-    return SingleNetwork(models[0]) if len(models) == 1 else NetworkStack.of(models)
+def as_networks(models: Sequence[nn.Module], compile: bool = False) -> Networks:
+    """A stack of ``models``, or the one model itself (compiled with ``compile``; stacks are not)."""
+    return SingleNetwork(models[0], compile) if len(models) == 1 else NetworkStack.of(models)
 
 
 def momentum_of(optimizer: torch.optim.Optimizer, networks: Networks) -> torch.Tensor | None:

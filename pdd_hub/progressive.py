@@ -152,6 +152,7 @@ def stage_context(
         preprocess=run.preprocess,
         batch_networks=run.batch_networks,
         precision=cfg.precision,
+        compile=cfg.compile,
         real_sampling=cfg.real_sampling,
         importance=cfg.importance,
         progress=cfg.progress,
@@ -319,6 +320,7 @@ def train_networks(
         generators=generators,
         batched=run.batch_networks,
         precision=cfg.precision,
+        compile=cfg.compile,
         test=test,
     )
     if trained is not None:

@@ -192,6 +192,7 @@ class Run:
                 progress=cfg.progress,
                 batched=self.batch_networks,
                 precision=cfg.precision,
+                compile=cfg.compile,
             )
 
         return RealExamples(self.train, model, train)

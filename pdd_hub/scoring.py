@@ -54,6 +54,7 @@ def train_scoring_networks(
     progress: bool = True,
     batched: bool = False,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> ExpertSet:
     """``config.runs`` networks trained on all of ``real`` (preprocessed, on the device) with their
     forgetting events recorded; resumable, reused when already there."""
@@ -91,6 +92,7 @@ def train_scoring_networks(
         progress=progress,
         batched=batched,
         precision=precision,
+        compile=compile,
     )
 
 

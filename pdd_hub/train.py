@@ -291,17 +291,19 @@ def train_many(
     cutmix: CutMix | None = None,
     batched: bool = False,
     precision: str = "fp32",
+    compile: bool = False,
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: bool = False,
     description: str = "train",
 ) -> list[list[float]]:
     """Train every model (in place) through ``plans``, model k drawing from ``generators[k]``; stacked
-    under vmap when ``batched`` (and the models allow it), else one after the other. With ``test``,
-    returns each model's accuracy on it after every stage (``[model][stage]``)."""
+    under vmap when ``batched`` (and the models allow it), else one after the other, each through
+    ``torch.compile`` with ``compile``. With ``test``, returns each model's accuracy on it after every
+    stage (``[model][stage]``)."""
     if batched and len(models) > 1 and can_batch(models[0]):
         groups = [(NetworkStack.of(models), list(range(len(models))))]
     else:
-        groups = [(SingleNetwork(model), [k]) for k, model in enumerate(models)]
+        groups = [(SingleNetwork(model, compile), [k]) for k, model in enumerate(models)]
     accuracies: list[list[float]] = [[] for _ in models]
     for networks, members in groups:
 

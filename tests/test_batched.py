@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from pdd_hub.augment import DSA, CutMix
 from pdd_hub.networks import NetworkStack, can_batch, networks_accuracy
@@ -75,3 +76,29 @@ def test_batch_norm_networks_train_one_at_a_time():
     assert not torch.equal(
         flat_params(models[0]), flat_params(build_network("convnet_d3_bn", 3, (1, 8, 8), seed=0))
     )
+
+
+def test_compiled_training_follows_the_eager_path_and_leaves_the_model_usable():
+    """``compile=True`` (torch.compile, as ``compile: true`` and ``pdd-hub eval --compile`` use it)
+    trains the caller's own modules to the parameters and accuracies of eager training."""
+    test = (torch.randn(30, 1, 8, 8, generator=torch.Generator().manual_seed(9)), torch.arange(3).repeat(10))
+    eager, compiled = networks(k=2), networks(k=2)
+    kwargs = {"augment": DSA(), "test": test}
+    torch._dynamo.reset()
+    counters.clear()
+    acc_eager = train_many(
+        eager, plans(), generators=[torch.Generator().manual_seed(s) for s in range(2)], **kwargs
+    )
+    acc_compiled = train_many(
+        compiled,
+        plans(),
+        generators=[torch.Generator().manual_seed(s) for s in range(2)],
+        compile=True,
+        **kwargs,
+    )
+    assert counters["stats"]["unique_graphs"] >= 2  # train and eval mode went through dynamo
+    for a, b in zip(eager, compiled, strict=True):
+        assert type(b) is type(a)  # the module itself trained, not a compiled wrapper
+        torch.testing.assert_close(flat_params(b), flat_params(a), rtol=1e-4, atol=1e-5)
+    for a, b in zip(acc_eager, acc_compiled, strict=True):
+        assert b == pytest.approx(a, abs=1 / 30 + 1e-9)

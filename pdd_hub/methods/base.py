@@ -55,6 +55,7 @@ class StageContext:
     preprocess: Preprocess | None = None  # how real pixels became ``real`` (e.g. for clamping)
     batch_networks: bool = False  # train many networks at once (experts)
     precision: str = "fp32"  # of network training
+    compile: bool = False  # torch.compile the networks that train one at a time (experts)
     real_sampling: str = "uniform"  # how the method draws real examples (pdd_hub.methods.sampling)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     progress: bool = True

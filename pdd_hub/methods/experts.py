@@ -103,13 +103,15 @@ def train_experts(
     progress: bool = True,
     batched: bool = False,
     precision: str = "fp32",
+    compile: bool = False,
     sampling: str = "uniform",
     importance: ImportanceConfig | None = None,
 ) -> ExpertSet:
     """Train one expert from each row of ``start_states`` on ``train_x[pool]`` for ``epochs`` epochs,
     skipping finished experts and resuming unfinished ones; expert i of ``stage`` draws from the
-    stream ``("experts", stage, i)`` of ``seed``. The experts of a process train one at a time, or
-    stacked together with ``batched``. Returns the loaded :class:`ExpertSet`."""
+    stream ``("experts", stage, i)`` of ``seed``. The experts of a process train one at a time
+    (through ``torch.compile`` with ``compile``), or stacked together with ``batched``. Returns the
+    loaded :class:`ExpertSet`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     num_experts = len(start_states)
@@ -127,7 +129,7 @@ def train_experts(
             load_flat_params(model, start_states[i].to(train_x.device))
             models.append(model)
         ExpertGroup(directory, group, config, track_forgetting, precision, sampling, importance).train(
-            as_networks(models),
+            as_networks(models, compile),
             train_x,
             train_y,
             pool,
@@ -221,6 +223,7 @@ def experts_for_stage(
         progress=ctx.progress,
         batched=ctx.batch_networks,
         precision=ctx.precision,
+        compile=ctx.compile,
         sampling=ctx.real_sampling,
         importance=ctx.importance,
     )
