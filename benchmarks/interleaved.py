@@ -2,12 +2,17 @@
 one process on one thread, so both see the same machine conditions (a shared machine's speed drifts
 by tens of percent between runs started minutes apart).
 
-    python benchmarks/interleaved.py --reference /path/to/ProgressiveDD [--rounds 2]
+    python benchmarks/interleaved.py --reference /path/to/ProgressiveDD [--rounds 2] \
+        [--variants fp32,fp32/compile,bf16,bf16/compile]
 
 * ``eval``: 20 epochs of ConvNet-D3 on 100 random 3x32x32 images (LR 0.01, DSA, batch 256): the
   reference's ``utils.evaluate_synset`` against pdd-hub's ``train_many``;
 * ``expert``: one epoch on 2,560 random images, batch 256, DSA: the reference's ``utils.epoch``
   (as ``buffer_mtt.py`` trains) against pdd-hub's expert trainer (``ExpertGroup.epoch``).
+
+pdd-hub runs each of ``--variants`` (precision, and ``/compile`` for ``torch.compile``) after the
+reference in every round; compiled variants are compiled once before the first round (a process
+compiles once), so the rounds time training only.
 
 Run it with the reference's Python environment plus pdd-hub on the path (``PYTHONPATH=.``).
 """
@@ -33,7 +38,7 @@ def reference_args(epochs: int) -> argparse.Namespace:
     )  # fmt: skip
 
 
-def eval_round(epochs: int = 20) -> tuple[float, float]:
+def eval_round(variants: list[str], epochs: int = 20) -> tuple[float, dict[str, float]]:
     from utils import evaluate_synset, get_network
 
     from pdd_hub.augment import build_augment
@@ -47,14 +52,19 @@ def eval_round(epochs: int = 20) -> tuple[float, float]:
     evaluate_synset(0, get_network("ConvNet", 3, 10, (32, 32)), images, labels,
                     torch.utils.data.DataLoader(test, batch_size=256), reference_args(epochs))  # fmt: skip
     reference = time.perf_counter() - start
-    start = time.perf_counter()
-    train_many([build_network("convnet_d3", 10, (3, 32, 32), seed=0)],
-               [StagePlan("s", images, labels, 0.01, epochs)], augment=build_augment("dsa"),
-               generators=[torch.Generator().manual_seed(0)], batched=False, precision="fp32")  # fmt: skip
-    return reference, time.perf_counter() - start
+    ours = {}
+    for variant in variants:
+        precision, _, compiled = variant.partition("/")
+        start = time.perf_counter()
+        train_many([build_network("convnet_d3", 10, (3, 32, 32), seed=0)],
+                   [StagePlan("s", images, labels, 0.01, epochs)], augment=build_augment("dsa"),
+                   generators=[torch.Generator().manual_seed(0)], precision=precision,
+                   compile=compiled == "compile")  # fmt: skip
+        ours[variant] = time.perf_counter() - start
+    return reference, ours
 
 
-def expert_round(examples: int = 2560) -> tuple[float, float]:
+def expert_round(variants: list[str], examples: int = 2560) -> tuple[float, dict[str, float]]:
     from utils import epoch, get_network
 
     from pdd_hub.augment import build_augment
@@ -71,31 +81,43 @@ def expert_round(examples: int = 2560) -> tuple[float, float]:
     start = time.perf_counter()
     epoch("train", loader, net, optimizer, torch.nn.CrossEntropyLoss(), reference_args(1), aug=True)
     reference = time.perf_counter() - start
-    model = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
-    group = ExpertGroup(
-        Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision="fp32"
-    )
-    group.counts = None
-    start = time.perf_counter()
-    group.epoch(as_networks([model]), torch.optim.SGD(model.parameters(), lr=0.01), x, y,
-                torch.arange(examples), build_augment("dsa"), [torch.Generator().manual_seed(0)])  # fmt: skip
-    return reference, time.perf_counter() - start
+    ours = {}
+    for variant in variants:
+        precision, _, compiled = variant.partition("/")
+        model = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
+        group = ExpertGroup(
+            Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision=precision
+        )
+        group.counts = None
+        start = time.perf_counter()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        group.epoch(as_networks([model], compiled == "compile"), optimizer, x, y, torch.arange(examples),
+                    build_augment("dsa"), [torch.Generator().manual_seed(0)])  # fmt: skip
+        ours[variant] = time.perf_counter() - start
+    return reference, ours
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", required=True, help="a patched checkout of VITA-Group/ProgressiveDD")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default="fp32", help="comma-separated, e.g. fp32,bf16/compile")
     args = parser.parse_args()
     sys.path.insert(0, args.reference)
     torch.set_num_threads(1)
-    for name, measure in (
-        ("eval (20 epochs, 100 images)", eval_round),
-        ("expert (2,560 images)", expert_round),
+    variants = args.variants.split(",")
+    for name, measure, warm_up in (
+        ("eval (20 epochs, 100 images)", eval_round, lambda v: eval_round(v, epochs=1)),
+        ("expert (2,560 images)", expert_round, lambda v: expert_round(v, examples=256)),
     ):
+        start = time.perf_counter()
+        warm_up([v for v in variants if v.endswith("/compile")])
+        print(f"{name}: warm-up (compilation) {time.perf_counter() - start:.2f} s", flush=True)
         for _ in range(args.rounds):
-            reference, ours = measure()
-            print(f"{name}: reference {reference:.2f} s, pdd-hub {ours:.2f} s, ratio {ours / reference:.3f}")
+            reference, ours = measure(variants)
+            print(f"{name}: reference {reference:.2f} s, " + ", ".join(
+                f"pdd-hub {v} {t:.2f} s (ratio {t / reference:.3f})" for v, t in ours.items()
+            ), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class SingleNetwork:
 
     def __init__(self, model: nn.Module, compile: bool = False) -> None:
         self.template = model
-        self.forward = torch.compile(model) if compile else model
+        self.compiled = torch.compile(model) if compile else None
 
     def __len__(self) -> int:
         return 1
@@ -109,10 +109,13 @@ class SingleNetwork:
         load_flat_params(self.template, states[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x[0])[None]
+        return self.on_shared(x[0])
 
     def on_shared(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)[None]
+        if self.compiled is None:
+            return self.template(x)[None]
+        # compiled code is specialised to its input's strides, which DSA's transforms vary
+        return self.compiled(x.contiguous())[None]
 
 
 Networks = NetworkStack | SingleNetwork
