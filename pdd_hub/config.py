@@ -147,7 +147,7 @@ class PDDConfig:
     num_threads: int | None = positive(None)  # CPU threads per process; default: cores / processes
     batch_networks: bool | None = None  # train many networks at once (vmap); default: on GPUs only
     precision: str = one_of("fp32", "bf16")  # of network training (experts, validation, transitions)
-    compile: bool = False  # torch.compile the networks that train one at a time (same trainings)
+    compile: bool = False  # torch.compile those networks when they train one at a time (not stacked)
     log_every: int = positive(10)
     checkpoint_every: int = positive(50)
     tracker: str = one_of("none", "tensorboard")
