@@ -88,7 +88,6 @@ def expert_round(variants: list[str], examples: int = 2560) -> tuple[float, dict
         group = ExpertGroup(
             Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision=precision
         )
-        group.counts = None
         start = time.perf_counter()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         group.epoch(as_networks([model], compiled == "compile"), optimizer, x, y, torch.arange(examples),

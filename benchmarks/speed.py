@@ -141,7 +141,6 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
     group = ExpertGroup(
         Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision=args.precision
     )
-    group.counts = None
 
     def epoch(pool: torch.Tensor) -> float:
         network = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
@@ -179,7 +178,7 @@ def child_evaluation(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         train_many(
             models, [StagePlan("s", images, labels, 0.01, epochs)], augment=build_augment("dsa"),
-            generators=[torch.Generator().manual_seed(s) for s in seeds][: len(models)],
+            generators=[torch.Generator().manual_seed(s) for s in range(len(models))],
             batched=args.batched, precision=args.precision, compile=args.compile, test=test,
         )  # fmt: skip
         return time.perf_counter() - start

@@ -28,21 +28,20 @@ def plans() -> list[StagePlan]:
     ]
 
 
+def train(models: list[torch.nn.Module], **kwargs) -> list[list[float]]:
+    """``train_many`` through :func:`plans`, model k drawing from a generator seeded k."""
+    return train_many(
+        models, plans(), generators=[torch.Generator().manual_seed(s) for s in range(len(models))], **kwargs
+    )
+
+
 @pytest.mark.parametrize("cutmix", [None, CutMix(prob=0.5, beta=1.0)])
 def test_stacked_training_equals_one_network_at_a_time(cutmix):
     test = (torch.randn(30, 1, 8, 8, generator=torch.Generator().manual_seed(9)), torch.arange(3).repeat(10))
     alone, together = networks(), networks()
     kwargs = {"augment": DSA(), "cutmix": cutmix, "test": test}
-    acc_alone = train_many(
-        alone, plans(), generators=[torch.Generator().manual_seed(s) for s in range(3)], **kwargs
-    )
-    acc_together = train_many(
-        together,
-        plans(),
-        generators=[torch.Generator().manual_seed(s) for s in range(3)],
-        batched=True,
-        **kwargs,
-    )
+    acc_alone = train(alone, **kwargs)
+    acc_together = train(together, batched=True, **kwargs)
     start = flat_params(networks()[0])
     for a, b in zip(alone, together, strict=True):
         torch.testing.assert_close(flat_params(b), flat_params(a), rtol=1e-4, atol=1e-5)
@@ -86,16 +85,8 @@ def test_compiled_training_follows_the_eager_path_and_leaves_the_model_usable():
     kwargs = {"augment": DSA(), "test": test}
     torch._dynamo.reset()
     counters.clear()
-    acc_eager = train_many(
-        eager, plans(), generators=[torch.Generator().manual_seed(s) for s in range(2)], **kwargs
-    )
-    acc_compiled = train_many(
-        compiled,
-        plans(),
-        generators=[torch.Generator().manual_seed(s) for s in range(2)],
-        compile=True,
-        **kwargs,
-    )
+    acc_eager = train(eager, **kwargs)
+    acc_compiled = train(compiled, compile=True, **kwargs)
     assert counters["stats"]["unique_graphs"] >= 2  # train and eval mode went through dynamo
     for a, b in zip(eager, compiled, strict=True):
         assert type(b) is type(a)  # the module itself trained, not a compiled wrapper
