@@ -23,7 +23,7 @@ import torch
 from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.methods.base import Distiller, StageContext
-from pdd_hub.methods.matching import METRICS, class_gradient_distance, matched_parameters
+from pdd_hub.methods.matching import METRICS, classwise_matching_loss
 from pdd_hub.networks import SingleNetwork
 from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.registry import register_method
@@ -100,18 +100,19 @@ class DC(Distiller):
 
     def matching_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum over classes of the distance between real and synthetic gradients of the network."""
-        cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
-        params = matched_parameters(self.network, cfg.layers)
-        self.sampler.step(self.network)
-        total = images.new_zeros(())
-        for c in range(self.num_classes):
-            idx = self.sampler.class_batch(c, cfg.batch_real, generator).to(real.images.device)
-            of_class = labels == c
-            real_batch, syn_batch = (real.images[idx], real.labels[idx]), (images[of_class], labels[of_class])
-            total = total + class_gradient_distance(
-                self.network, params, real_batch, syn_batch, cfg.metric, self.augment, generator
-            )
-        return total
+        cfg = self.config
+        return classwise_matching_loss(
+            self.network,
+            images,
+            labels,
+            self.ctx.real,
+            self.sampler,
+            layers=cfg.layers,
+            batch_real=cfg.batch_real,
+            metric=cfg.metric,
+            augment=self.augment,
+            generator=self.ctx.generator,
+        )
 
     def train_network(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """``inner_loop`` epochs of plain SGD on the synthetic set (per-example augmentation)."""

@@ -35,7 +35,7 @@ from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positi
 from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
-from pdd_hub.methods.matching import class_gradient_distance, matched_parameters
+from pdd_hub.methods.matching import classwise_matching_loss
 from pdd_hub.params import (
     build_network,
     flat_params,
@@ -191,23 +191,22 @@ class IDC(Distiller):
         return self.matching_loss(images, labels)
 
     def matching_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Sum over classes of the distance between real and synthetic gradients (conv weights)."""
-        cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
-        params = matched_parameters(self.network, cfg.layers)
-        self.sampler.step(self.network)
-        total = images.new_zeros(())
-        for c in range(self.num_classes):
-            idx = self.sampler.class_batch(c, cfg.batch_real, generator).to(real.images.device)
-            of_class = torch.nonzero(labels == c).flatten()
-            of_class = of_class[
-                torch.randperm(len(of_class), generator=generator)[: cfg.max_syn].to(of_class.device)
-            ]
-            real_batch, syn_batch = (real.images[idx], real.labels[idx]), (images[of_class], labels[of_class])
-            # one draw for both batches, as IDC draws once for the two concatenated
-            total = total + class_gradient_distance(
-                self.network, params, real_batch, syn_batch, cfg.metric, self.augment, generator
-            )
-        return total
+        """Sum over classes of the distance between real and synthetic gradients (conv weights); one
+        augmentation draw serves both batches of a class, as IDC draws once for the two concatenated."""
+        cfg = self.config
+        return classwise_matching_loss(
+            self.network,
+            images,
+            labels,
+            self.ctx.real,
+            self.sampler,
+            layers=cfg.layers,
+            batch_real=cfg.batch_real,
+            metric=cfg.metric,
+            augment=self.augment,
+            generator=self.ctx.generator,
+            max_syn=cfg.max_syn,
+        )
 
     def train_on_real(self) -> None:
         """About ``n_data`` real examples of SGD for the network (batches of ``net_batch``)."""

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdd_hub.augment import DSA
+from pdd_hub.data.images import ImageSet
+from pdd_hub.methods.sampling import RealSampler
 
 METRICS = ("dc", "mse", "l1")
 
@@ -85,3 +87,36 @@ def class_gradient_distance(
     g_real = batch_gradients(network, params, x_real, y_real, create_graph=False)
     g_syn = batch_gradients(network, params, x_syn, y_syn, create_graph=True)
     return gradient_distance(g_real, g_syn, metric)
+
+
+def classwise_matching_loss(
+    network: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    real: ImageSet,
+    sampler: RealSampler,
+    *,
+    layers: str,
+    batch_real: int,
+    metric: str,
+    augment: DSA | None,
+    generator: torch.Generator,
+    max_syn: int | None = None,
+) -> torch.Tensor:
+    """Sum over classes of :func:`class_gradient_distance` between ``batch_real`` real images of the
+    class drawn by ``sampler`` and the synthetic images of the class (with ``max_syn``, at most that
+    many of them, drawn at random); the sampler takes one step under ``network`` first."""
+    params = matched_parameters(network, layers)
+    sampler.step(network)
+    total = images.new_zeros(())
+    for c in range(real.num_classes):
+        idx = sampler.class_batch(c, batch_real, generator).to(real.images.device)
+        of_class = torch.nonzero(labels == c).flatten()
+        if max_syn is not None:
+            keep = torch.randperm(len(of_class), generator=generator)[:max_syn]
+            of_class = of_class[keep.to(of_class.device)]
+        real_batch, syn_batch = (real.images[idx], real.labels[idx]), (images[of_class], labels[of_class])
+        total = total + class_gradient_distance(
+            network, params, real_batch, syn_batch, metric, augment, generator
+        )
+    return total
