@@ -7,7 +7,7 @@ With ``real_sampling: importance`` an example i of the stage's pool is drawn wit
 where ``loss_i`` is its cross-entropy under the method's current network, computed over the whole
 pool in batches (no gradient) every ``importance.refresh_every`` draws; ``floor`` keeps every
 example drawable. Within a class the probabilities are renormalised. Examples are drawn without
-replacement within a batch. Where each method draws (see docs/METHODS.md): DC, DSA and IDC at every
+replacement within a batch. Where each method draws (see docs/SELECTION.md): DC, DSA and IDC at every
 comparison (the per-class real batches, and IDC's real-data training of its network), DM at every
 iteration, MTT in its experts' training (:mod:`pdd_hub.methods.experts`).
 """
