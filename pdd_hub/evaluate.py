@@ -212,11 +212,7 @@ def evaluate_export(
     ``runs_dir`` keeps one JSON per finished (model, seed) run; runs found there with the same
     export, schedule, test set and settings are reused instead of retrained.
     """
-    if not seeds:
-        raise ValueError("evaluate_export needs at least one seed")
-    check_compatible(pdd, test, real_name)
-    for name in model_names:
-        check_model_builds(name, pdd.schedule.num_classes, pdd.schedule.image_shape)
+    check_eval_inputs(pdd, test, model_names, seeds, real_name)
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
     plans = plan_stages(pdd, mode, epochs_per_stage)
@@ -241,19 +237,29 @@ def evaluate_export(
             for seed, accs in run_model_seeds(setup, name, [s for n, s in my_jobs if n == name], tag)
         ]
     results = gather_object(results) if accelerator.num_processes > 1 else results
-
     report = EvalReport(
         export=str(pdd.path),
         real=real_name,
         mode=mode,
         phases=[p.name for p in plans],
         epochs=[p.epochs for p in plans],
+        accuracies={name + tag: {} for name in model_names},
     )
-    for name in model_names:
-        report.accuracies[name + tag] = {}
     for label, seed, accs in results:
         report.accuracies[label][seed] = accs
     return report
+
+
+def check_eval_inputs(
+    pdd: PDDDataset, test: ImageSet, model_names: list[str], seeds: list[int], real_name: str
+) -> None:
+    """Fail before any training: no seeds, a test set unlike the export, or a model that cannot
+    take the export's images."""
+    if not seeds:
+        raise ValueError("evaluate_export needs at least one seed")
+    check_compatible(pdd, test, real_name)
+    for name in model_names:
+        check_model_builds(name, pdd.schedule.num_classes, pdd.schedule.image_shape)
 
 
 def run_model_seeds(setup: EvalSetup, name: str, seeds: list[int], tag: str) -> list[tuple[int, list[float]]]:

@@ -123,37 +123,30 @@ def train_experts(
     for group in tqdm(
         groups, desc=f"experts ({directory.name})", disable=not (progress and accelerator.is_main_process)
     ):
-        models = []
-        for i in group:
-            model = build_network(model_name, num_classes, image_shape).to(train_x.device)
-            load_flat_params(model, start_states[i].to(train_x.device))
-            models.append(model)
-        ExpertGroup(directory, group, config, track_forgetting, precision, sampling, importance).train(
-            as_networks(models, compile),
-            train_x,
-            train_y,
-            pool,
-            epochs,
-            augment,
-            [stream(seed, "experts", stage, i) for i in group],
-        )
+        models = [
+            network_from(model_name, num_classes, image_shape, start_states[i].to(train_x.device))
+            for i in group
+        ]
+        trainer = ExpertGroup(directory, group, config, track_forgetting, precision, sampling, importance)
+        streams = [stream(seed, "experts", stage, i) for i in group]
+        trainer.train(as_networks(models, compile), train_x, train_y, pool, epochs, augment, streams)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_json(
-            manifest(
-                model_name,
-                num_classes,
-                image_shape,
-                start_states,
-                epochs,
-                config,
-                len(pool),
-                track_forgetting,
-            ),
-            directory / MANIFEST,
+        facts = manifest(
+            model_name, num_classes, image_shape, start_states, epochs, config, len(pool), track_forgetting
         )
+        save_json(facts, directory / MANIFEST)
     accelerator.wait_for_everyone()
     return ExpertSet.load(directory)
+
+
+def network_from(
+    model_name: str, num_classes: int, image_shape: tuple[int, int, int], flat_params: torch.Tensor
+) -> torch.nn.Module:
+    """A network of ``model_name`` holding ``flat_params``, on their device."""
+    model = build_network(model_name, num_classes, image_shape).to(flat_params.device)
+    load_flat_params(model, flat_params)
+    return model
 
 
 def manifest(
