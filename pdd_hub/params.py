@@ -54,6 +54,15 @@ def build_network(
         return create_model(model_name, num_classes, channels, size)
 
 
+def network_from(
+    model_name: str, num_classes: int, image_shape: tuple[int, int, int], flat: torch.Tensor
+) -> nn.Module:
+    """A network of ``model_name`` holding the flat parameters ``flat``, on their device."""
+    model = build_network(model_name, num_classes, image_shape).to(flat.device)
+    load_flat_params(model, flat)
+    return model
+
+
 def momentum_buffers(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.Tensor | None:
     """An SGD optimiser's momentum buffers of ``model``'s parameters as one flat vector (``None``
     before its first step)."""

@@ -29,7 +29,7 @@ from pdd_hub.forgetting import stage_pool
 from pdd_hub.io import save_tensors
 from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.methods.base import StageContext
-from pdd_hub.params import build_network, flat_params, load_flat_params
+from pdd_hub.params import flat_params, network_from
 from pdd_hub.registry import SELECTIONS
 from pdd_hub.rng import stream
 from pdd_hub.run import FinishedStage, Run
@@ -306,11 +306,9 @@ def train_networks(
     batches networks); returns their final accuracy on ``test`` and appends their final flat
     parameters to ``trained``."""
     cfg = run.config
-    models = []
-    for state in states:
-        model = build_network(cfg.model, run.num_classes, run.image_shape).to(run.device)
-        load_flat_params(model, state.to(run.device))
-        models.append(model)
+    models = [
+        network_from(cfg.model, run.num_classes, run.image_shape, state.to(run.device)) for state in states
+    ]
     augment, cutmix = recipe.augmentations()
     accuracies = train_many(
         models,

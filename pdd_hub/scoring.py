@@ -30,7 +30,7 @@ from pdd_hub.augment import DSA
 from pdd_hub.config import ExpertConfig, ScoringConfig
 from pdd_hub.data.images import ImageSet
 from pdd_hub.methods.experts import ExpertSet, train_experts
-from pdd_hub.params import build_network, embed, flat_params, load_flat_params
+from pdd_hub.params import build_network, embed, flat_params, network_from
 from pdd_hub.rng import stream_seed
 
 
@@ -132,9 +132,8 @@ class RealExamples:
     @cached_property
     def features(self) -> torch.Tensor:
         """Embedding of every training example by the first scoring network ``[N, d]`` (on the device)."""
-        network = build_network(self.model_name, self.real.num_classes, self.real.image_shape)
-        network = network.to(self.real.images.device)
-        load_flat_params(network, self.networks.trajectory(0)[-1].to(self.real.images.device))
+        state = self.networks.trajectory(0)[-1].to(self.real.images.device)
+        network = network_from(self.model_name, self.real.num_classes, self.real.image_shape, state)
         return embed_all(network, self.real.images)
 
     def class_pools(self, candidates: torch.Tensor | None = None) -> list:

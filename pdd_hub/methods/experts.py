@@ -27,7 +27,7 @@ from pdd_hub.io import load_json, save_json, save_tensors
 from pdd_hub.methods.base import StageContext
 from pdd_hub.methods.sampling import importance_probabilities
 from pdd_hub.networks import Networks, as_networks, momentum_of, set_momentum_of
-from pdd_hub.params import build_network, load_flat_params
+from pdd_hub.params import network_from
 from pdd_hub.rng import stream
 from pdd_hub.runtime import autocast
 from pdd_hub.train import mixed_cross_entropy
@@ -138,15 +138,6 @@ def train_experts(
         save_json(facts, directory / MANIFEST)
     accelerator.wait_for_everyone()
     return ExpertSet.load(directory)
-
-
-def network_from(
-    model_name: str, num_classes: int, image_shape: tuple[int, int, int], flat_params: torch.Tensor
-) -> torch.nn.Module:
-    """A network of ``model_name`` holding ``flat_params``, on their device."""
-    model = build_network(model_name, num_classes, image_shape).to(flat_params.device)
-    load_flat_params(model, flat_params)
-    return model
 
 
 def manifest(
