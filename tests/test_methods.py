@@ -12,7 +12,7 @@ from pdd_hub.config import config_from_dict
 from pdd_hub.data.images import ImageSet
 from pdd_hub.methods import build_distiller
 from pdd_hub.methods.base import StageContext
-from pdd_hub.params import build_network, flat_params, load_flat_params
+from pdd_hub.params import build_network, flat_params, network_from
 from pdd_hub.run import RunLayout
 
 CLASSES, PER_CLASS, SHAPE = 3, 6, (1, 8, 8)
@@ -52,9 +52,7 @@ def synthetic(n_per_class: int, seed: int = 5) -> tuple[torch.Tensor, torch.Tens
 
 
 def start_network(ctx: StageContext) -> torch.nn.Module:
-    network = build_network("convnet_d1", CLASSES, SHAPE)
-    load_flat_params(network, ctx.start_states[0])
-    return network
+    return network_from("convnet_d1", CLASSES, SHAPE, ctx.start_states[0])
 
 
 def per_tensor_gradients(network, x, y) -> list[torch.Tensor]:
