@@ -127,6 +127,7 @@ def _select(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_column=args.image_column,
         label_column=args.label_column,
+        image_size=args.image_size,
     )
     if args.train_per_class is not None:
         keep = real.train.sample_per_class(args.train_per_class, stream(args.seed, "subset"))
@@ -157,12 +158,17 @@ def _distill(args: argparse.Namespace) -> int:
 
 def _configs(args: argparse.Namespace) -> int:
     from pdd_hub.configs import configs_dir, list_configs
+    from pdd_hub.evidence import measured_gain
+    from pdd_hub.registry import METHODS
 
     rows = list_configs()
     width = max(len(name) for name, _ in rows)
     for name, description in rows:
         print(f"{name:<{width}}  {description}")
     print(f"\n(in {configs_dir()}; run one with `pdd-hub distill --config NAME [key=value ...]`)")
+    print("\nWhat PDD measured against each base method alone:")
+    for method in METHODS.names():
+        print(f"  {method:<4} {measured_gain(method)}")
     return 0
 
 
@@ -286,6 +292,7 @@ def _add_select_parser(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--epochs", type=int, default=500, help="training epochs recorded for every stage")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--val-per-class", type=int, default=50)
+    se.add_argument("--image-size", type=int, default=None, help="resize the real images (eval: pass it too)")
     se.add_argument("--image-column", default=None)
     se.add_argument("--label-column", default=None)
     se.set_defaults(func=_select)

@@ -37,6 +37,11 @@ def non_negative(default: Any) -> Any:
     return field(default=default, metadata={"rule": "non_negative"})
 
 
+def fraction(default: float) -> Any:
+    """A field that must lie in [0, 1] (a probability or a share)."""
+    return field(default=default, metadata={"rule": "fraction"})
+
+
 def one_of(default: str, *choices: str) -> Any:
     """A string field that must be one of ``choices``."""
     return field(default=default, metadata={"rule": "choice", "choices": (default, *choices)})
@@ -107,10 +112,12 @@ class ScoringConfig:
 class ImportanceConfig:
     """Importance-sampled real batches (Tukan et al. 2023): an example is drawn with probability
     ``(1 - floor) * loss_i / sum(loss) + floor / n`` of its cross-entropy under the current network,
-    re-computed every ``refresh_every`` draws of the method."""
+    re-computed every ``refresh_every`` draws of the method, and weighted as ``weighting`` says."""
 
     floor: float = positive(0.1)  # the uniform share, so that no example has probability zero
     refresh_every: int = positive(50)
+    # unbiased: draws with replacement weighted by 1 / (n q_i), an unbiased mean; none: unweighted
+    weighting: str = one_of("unbiased", "none")
 
 
 @dataclass
@@ -125,7 +132,8 @@ class PDDConfig:
     seed: int = 0
     num_stages: int = positive(5)
     ipc_per_stage: int = positive(2)  # images per class a stage stores
-    iterations: int = positive(5000)  # image updates per stage
+    iterations: int = positive(5000)  # image updates: of each stage (budget per_stage) or of all (total)
+    budget: str = one_of("per_stage", "total")  # total: each stage gets iterations // num_stages
     init: str = "real"  # noise | real (random real images) | a selection method: herding, sensitivity, ...
     conditioning: bool = True  # stage k sees stages 1..k-1 (frozen) in the method's loss
     # data
@@ -177,6 +185,11 @@ class PDDConfig:
             if name == self.__dict__.get("init") and self.__dict__.get("init_config") is not None:
                 return self.__dict__["init_config"]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def stage_iterations(self) -> int:
+        """Image updates of each stage: ``iterations``, or its share under ``budget: total``."""
+        return self.iterations if self.budget == "per_stage" else max(1, self.iterations // self.num_stages)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as YAML holds it: the method's (and init's) section under its name."""
@@ -481,6 +494,8 @@ def _check_rules(section: Any, prefix: str) -> None:
             raise ConfigError(f"config key {key!r} must be positive, got {value!r}")
         elif rule == "non_negative" and value < 0:
             raise ConfigError(f"config key {key!r} must not be negative, got {value!r}")
+        elif rule == "fraction" and not 0 <= value <= 1:
+            raise ConfigError(f"config key {key!r} must lie in [0, 1], got {value!r}")
         elif rule == "choice" and value not in f.metadata["choices"]:
             raise ConfigError(
                 f"config key {key!r} must be one of {list(f.metadata['choices'])}, got {value!r}"

@@ -160,7 +160,7 @@ def distill_stage(
     checkpoint: StageCheckpoint,
     log_metrics: LogMetrics = lambda values, step: None,
 ) -> StageResult:
-    """Optimise the stored ``new_images`` for ``config.iterations`` steps of ``distiller.loss`` on the
+    """Optimise the stored ``new_images`` for ``config.stage_iterations`` steps of ``distiller.loss`` on the
     union (``frozen`` first when ``config.conditioning``); ``evaluate(images, labels, lr, iteration)``
     returns the validation accuracy of networks trained on stages 1..k."""
     device = ctx.accelerator.device
@@ -173,21 +173,21 @@ def distill_stage(
         conditioned=config.conditioning and len(frozen_images) > 0,
     )
     state = StageState.start(distiller, ctx, new_images, new_labels, checkpoint)
-    start = state.iteration
+    start, iterations = state.iteration, config.stage_iterations
     bar = tqdm(
-        total=config.iterations,
+        total=iterations,
         initial=start,
         desc=f"stage {ctx.stage}/{ctx.num_stages}",
         disable=not (ctx.progress and ctx.accelerator.is_main_process),
     )
     tick = time.perf_counter()
-    for it in range(start, config.iterations + 1):
+    for it in range(start, iterations + 1):
         state.iteration = it
-        if start < it < config.iterations and it % config.checkpoint_every == 0:
+        if start < it < iterations and it % config.checkpoint_every == 0:
             state.save(distiller, ctx, checkpoint)
-        if it % config.eval.every == 0 or it == config.iterations:
+        if it % config.eval.every == 0 or it == iterations:
             evaluate_and_select(state, distiller, union, ctx, evaluate, log_metrics)
-        if it == config.iterations:
+        if it == iterations:
             break
         loss = step(state, distiller, union, ctx)
         if loss is None:

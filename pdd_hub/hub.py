@@ -62,6 +62,7 @@ class StageSpec:
     lr_schedule: str = "step_at_half"  # see pdd_hub.train.LR_SCHEDULES
     stored_ipc: int | None = None  # images per class the method stored (IDC: ipc / factor**2)
     real_pool: dict[str, Any] | None = None  # the real examples the stage learned from (forgetting band)
+    distillation: dict[str, Any] | None = None  # budget, chosen iteration, loss-network source
     sha256: str | None = None  # of the stage's float32 images and int64 labels, set on export
 
     @classmethod
@@ -188,6 +189,7 @@ def build_schedule(
     config: dict[str, Any],
     storage: dict[str, Any] | None = None,
     pools: list[dict[str, Any] | None] | None = None,
+    distillation: list[dict[str, Any] | None] | None = None,
 ) -> Schedule:
     """The schedule of an export whose stage k holds ``ipcs[k]`` images per class, trained with
     ``lrs[k]`` and ``recipe``; ``storage`` (with an ``expansion``) says how many stored images
@@ -205,8 +207,12 @@ def build_schedule(
             lr_schedule=recipe.lr_schedule,
             stored_ipc=ipc // expansion,
             real_pool=pool,
+            distillation=made,
         )
-        for k, (ipc, lr, pool) in enumerate(zip(ipcs, lrs, pools or [None] * len(ipcs), strict=True), start=1)
+        for k, (ipc, lr, pool, made) in enumerate(
+            zip(ipcs, lrs, pools or [None] * len(ipcs), distillation or [None] * len(ipcs), strict=True),
+            start=1,
+        )
     ]
     return Schedule(
         stages=stages,

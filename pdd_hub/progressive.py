@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from accelerate.utils import gather_object, set_seed
 from safetensors.torch import load_file
 
 from pdd_hub.config import PDDConfig, init_selection
-from pdd_hub.distill import distill_stage
+from pdd_hub.distill import StageResult, distill_stage
 from pdd_hub.forgetting import stage_pool
 from pdd_hub.io import save_tensors
 from pdd_hub.methods import Distiller, build_distiller
@@ -56,7 +57,7 @@ def run_pdd(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
         done = run.load_finished(stage)
         if done is not None:
             stored, labels, record = done
-            info = {k: record[k] for k in ("pool", "init_indices") if k in record}
+            info = {k: record[k] for k in ("pool", "init_indices", "distillation") if k in record}
             finished.append(decoded(distiller, stored, labels, record["lr"], record["val_acc"], info))
         else:
             finished.append(distil_one_stage(run, distiller, stage, start_states, start_stage, finished))
@@ -91,6 +92,8 @@ def distil_one_stage(
     )
     pool, pool_info = stage_pool(run, stage, cfg.ipc_per_stage * distiller.expansion)
     ctx = stage_context(run, stage, start_states, start_stage, pool)
+    retrain = functools.partial(retrained_pool, run, distiller, stage, finished)
+    ctx.networks = ctx.loss_networks(distiller.loss_networks_config(), retrain)
     distiller.begin_stage(ctx)
     used = torch.tensor([i for f in finished for i in f.info.get("init_indices", [])], dtype=torch.long)
     new_images, new_labels, init_indices = initial_images(run, distiller, stage, pool, used)
@@ -109,7 +112,8 @@ def distil_one_stage(
         log_metrics=lambda values, step: run.accelerator.log(values, step=step),
     )
     lr = result.lr if result.lr is not None else recipe.lr
-    info = {"pool": pool_info, "init_indices": init_indices}
+    made = distillation_record(cfg, distiller, result)
+    info = {"pool": pool_info, "init_indices": init_indices, "distillation": made}
     done = decoded(distiller, result.images.cpu(), result.labels.cpu(), lr, result.val_acc, info)
     run.save_finished(stage, done, result.history)
     run.checkpoint.clear()
@@ -187,6 +191,17 @@ def initial_images(
     return distiller.encode(real).clone(), labels, chosen.tolist()
 
 
+def distillation_record(config: PDDConfig, distiller: Distiller, result: StageResult) -> dict:
+    """How a stage was distilled, for its record and ``pdd_schedule.json``: the budget (every
+    iteration updates every new image once) and the iteration chosen on the validation split."""
+    return {
+        "budget": config.budget,
+        "iterations": config.stage_iterations,
+        "selected_iteration": result.iteration,
+        "network_source": distiller.loss_networks_config().source,
+    }
+
+
 def decoded(
     distiller: Distiller,
     stored: torch.Tensor,
@@ -251,45 +266,73 @@ def transition(
     """Train each start state on stages 1..k (their union, with stage k's LR and the method's recipe)
     so that stage k+1 starts where training on the distilled data so far ends. Resumable: each
     network's result is kept as soon as it is there."""
-    path = run.layout.start_states_file(next_stage)
-    if run.exists_on_all(path):
-        return load_file(str(path))["states"]
-    cfg = run.config
     images, labels = union_of(finished)
-    recipe = distiller.training_recipe()
     plan = StagePlan.from_recipe(
         f"stage_1..{next_stage - 1}",
         images.to(run.device),
         labels.to(run.device),
-        recipe,
+        distiller.training_recipe(),
         lr=finished[-1].lr,
-        epochs=cfg.transition.syn_epochs,
+        epochs=run.config.transition.syn_epochs,
     )
-    parts = run.layout.start_states_parts(next_stage)
-    count = len(start_states)
-    mine = list(range(run.accelerator.process_index, count, run.accelerator.num_processes))
+    logger.info("transition to stage %d", next_stage)
+    path = run.layout.start_states_file(next_stage)
+    names = [("transition", next_stage, i) for i in range(len(start_states))]
+    return train_and_keep(run, distiller.training_recipe(), [plan], start_states, names, path)
+
+
+def retrained_pool(
+    run: Run, distiller: Distiller, stage: int, finished: list[FinishedStage], refresh: int
+) -> torch.Tensor:
+    """The ``refresh``-th pool of the ``retrained`` loss-network source of ``stage``: fresh random
+    networks trained on stages 1..k-1 as the export's schedule trains (stage_1, then stage_1..2, ...,
+    each with its LR, ``transition.syn_epochs`` epochs each), kept in the run folder."""
+    config, recipe = distiller.loss_networks_config(), distiller.training_recipe()
+    names = [("loss_networks", stage, refresh, j) for j in range(config.pool_size)]
+    states = torch.stack([run.random_network_state(name) for name in names])
+    plans = []
+    for upto in range(1, stage):
+        images, labels = union_of(finished[:upto])
+        lr, epochs = finished[upto - 1].lr, run.config.transition.syn_epochs
+        plans.append(StagePlan.from_recipe(f"stage_1..{upto}", images, labels, recipe, lr=lr, epochs=epochs))
+    logger.info("stage %d: training loss-network pool %d (%d networks)", stage, refresh, len(states))
+    path = run.layout.loss_networks_file(stage, refresh)
+    return train_and_keep(run, recipe, plans, states, names, path)
+
+
+def train_and_keep(
+    run: Run,
+    recipe: TrainingRecipe,
+    plans: list[StagePlan],
+    states: torch.Tensor,
+    names: list[tuple],
+    path: Path,
+) -> torch.Tensor:
+    """``states`` trained through ``plans`` (network i drawing from stream ``names[i]``), split over the
+    processes and stacked into ``path``; each network is kept as soon as it is trained, so an
+    interrupted call resumes. Returns them from ``path`` if it is there."""
+    if run.exists_on_all(path):
+        return load_file(str(path))["states"]
+    parts = path.with_suffix(".parts")
+    count, acc = len(states), run.accelerator
+    mine = list(range(acc.process_index, count, acc.num_processes))
     todo = [i for i in mine if not (parts / f"{i:04d}.safetensors").exists()]
-    logger.info("transition to stage %d: training %d of %d networks here", next_stage, len(todo), count)
-    chunk = len(todo) if run.batch_networks else 1  # one at a time: each is kept as soon as it is done
-    for first in range(0, len(todo), max(1, chunk)):
-        group = todo[first : first + max(1, chunk)]
-        trained = []
-        train_networks(
-            run,
-            recipe,
-            [plan],
-            [start_states[i] for i in group],
-            [stream(cfg.seed, "transition", next_stage, i) for i in group],
-            trained=trained,
-        )
+    chunk = max(1, len(todo)) if run.batch_networks else 1  # one at a time: each is kept when done
+    for first in range(0, len(todo), chunk):
+        group = todo[first : first + chunk]
+        trained: list[torch.Tensor] = []
+        generators = [stream(run.config.seed, *names[i]) for i in group]
+        train_networks(run, recipe, plans, [states[i] for i in group], generators, trained=trained)
         for i, state in zip(group, trained, strict=True):
             save_tensors({"state": state}, parts / f"{i:04d}.safetensors")
-    run.accelerator.wait_for_everyone()
-    states = torch.stack([load_file(str(parts / f"{i:04d}.safetensors"))["state"] for i in range(count)])
-    if run.accelerator.is_main_process:
-        save_tensors({"states": states}, path)
-    run.accelerator.wait_for_everyone()
-    return states
+    acc.wait_for_everyone()
+    stacked = torch.stack([load_file(str(parts / f"{i:04d}.safetensors"))["state"] for i in range(count)])
+    if acc.is_main_process:
+        save_tensors({"states": stacked}, path)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(parts, ignore_errors=True)
+    return stacked
 
 
 def train_networks(

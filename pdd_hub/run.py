@@ -4,7 +4,9 @@ finished stages, start states and the export.
 <output_dir>/
   config.yaml                  the resolved config (a re-run must use the same one)
   preprocess.json/.safetensors the preprocessing fitted on train (reused on resume)
-  start_states/stage_K.safetensors   networks trained on stages 1..K-1 (the transition)
+  start_states/stage_K.safetensors   networks trained on stages 1..K-1 (the transition); a
+                               stage_K.parts/ folder holds each network of an unfinished one
+  loss_networks/stage_K/       pools of the ``retrained`` loss-network source (pdd_hub.loss_networks)
   experts/stage_K/             networks trained on real data from stage K's start states (MTT, IDC)
   scoring/                     networks trained on all real data: forgetting scores, selection features
   forgetting_scores.parquet    each real example's forgetting score (when a run uses them)
@@ -13,6 +15,7 @@ finished stages, start states and the export.
   checkpoints/current/         the mid-stage checkpoint
   grids/stage_K.png            each stage's stored images, written as it finishes
   accuracy_per_stage.png       validation accuracy after each stage
+  validation_curves.png        validation accuracy per distillation iteration, one line per stage
   logs/                        tracker logs (tensorboard)
   dataset/                     the Hub-layout export, rewritten after every finished stage
 """
@@ -44,7 +47,7 @@ from pdd_hub.rng import stream, stream_seed
 from pdd_hub.runtime import batch_networks_by_default
 from pdd_hub.scoring import RealExamples, train_scoring_networks
 from pdd_hub.train import TrainingRecipe
-from pdd_hub.viz import plot_accuracy_per_stage, save_image_grid
+from pdd_hub.viz import plot_accuracy_per_stage, plot_validation_curves, save_image_grid
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +72,9 @@ class RunLayout:
     def start_states_file(self, stage: int) -> Path:
         return self.root / "start_states" / f"stage_{stage}.safetensors"
 
-    def start_states_parts(self, stage: int) -> Path:
-        """Per-network results of an unfinished transition into ``stage``."""
-        return self.root / "start_states" / f"stage_{stage}.parts"
+    def loss_networks_file(self, stage: int, refresh: int) -> Path:
+        """The ``refresh``-th pool of networks the ``retrained`` loss-network source trained for ``stage``."""
+        return self.root / "loss_networks" / f"stage_{stage}" / f"pool_{refresh:04d}.safetensors"
 
     def experts_dir(self, stage: int) -> Path:
         return self.root / "experts" / f"stage_{stage}"
@@ -101,6 +104,10 @@ class RunLayout:
     @property
     def accuracy_plot(self) -> Path:
         return self.root / "accuracy_per_stage.png"
+
+    @property
+    def validation_curves(self) -> Path:
+        return self.root / "validation_curves.png"
 
     @property
     def logs_dir(self) -> Path:
@@ -342,6 +349,16 @@ class Run:
             self.num_classes,
             self.layout.grid_file(stage),
         )
+        self.plot_validation_curves(stage)
+
+    def plot_validation_curves(self, upto: int) -> Path:
+        """``validation_curves.png``: each finished stage's validation accuracy per iteration."""
+        curves = {}
+        for stage in range(1, upto + 1):
+            history = load_json(self.layout.stage_record(stage)).get("history", [])
+            curves[f"stage {stage}"] = [(h["iteration"], h["val_acc"]) for h in history]
+        title = f"PDD + {self.config.method.upper()}: validation accuracy while distilling"
+        return plot_validation_curves(curves, self.layout.validation_curves, title=title)
 
     def export(self, finished: list[FinishedStage], recipe: TrainingRecipe, storage: dict) -> Path:
         """Write ``dataset/`` (atomically) with the finished stages, in the Hub format, unless it
@@ -360,6 +377,7 @@ class Run:
             config=cfg.to_dict(),
             storage=storage,
             pools=[f.info.get("pool") for f in finished],
+            distillation=[f.info.get("distillation") for f in finished],
         )
         if self.accelerator.is_main_process and not self.export_is_current(finished):
             export_pdd(self.dataset_dir, schedule, [(f.images, f.labels) for f in finished], self.preprocess)

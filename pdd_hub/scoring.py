@@ -130,6 +130,11 @@ class RealExamples:
         return forgetting_scores(*self.networks.forgetting_events())
 
     @cached_property
+    def learned(self) -> torch.Tensor:
+        """Share of the scoring runs that ever classified each training example correctly ``[N]``."""
+        return self.networks.forgetting_events()[1].double().mean(dim=0)
+
+    @cached_property
     def features(self) -> torch.Tensor:
         """Embedding of every training example by the first scoring network ``[N, d]`` (on the device)."""
         state = self.networks.trajectory(0)[-1].to(self.real.images.device)
@@ -150,6 +155,7 @@ class RealExamples:
                     candidates[labels[candidates] == c],
                     features_of=lambda idx: self.features[idx.to(self.features.device)],
                     scores_of=lambda idx: self.scores[idx],
+                    learned_of=lambda idx: self.learned[idx],
                 )
             )
         return pools

@@ -255,16 +255,23 @@ def augmented_minibatch(
 
 
 def mixed_cross_entropy(
-    logits: torch.Tensor, y: torch.Tensor, partner: torch.Tensor, weight: torch.Tensor | None
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    partner: torch.Tensor,
+    weight: torch.Tensor | None,
+    example_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each network's mean CutMix loss ``weight * CE(y) + (1 - weight) * CE(partner)``: ``[K]`` from
-    logits ``[K, B, classes]``, labels ``[K, B]`` and weights ``[K]`` (``None``: no mixing)."""
+    logits ``[K, B, classes]``, labels ``[K, B]`` and weights ``[K]`` (``None``: no mixing); with
+    ``example_weights`` ``[K, B]`` (importance sampling) each example's loss counts that much."""
     flat = logits.flatten(0, 1)
-    own = F.cross_entropy(flat, y.flatten(), reduction="none").view(len(y), -1).mean(1)
-    if weight is None:
-        return own
-    mixed = F.cross_entropy(flat, partner.flatten(), reduction="none").view(len(y), -1).mean(1)
-    return weight * own + (1 - weight) * mixed
+
+    def mean_loss(targets: torch.Tensor) -> torch.Tensor:
+        losses = F.cross_entropy(flat, targets.flatten(), reduction="none").view(len(y), -1)
+        return (losses if example_weights is None else losses * example_weights).mean(1)
+
+    own = mean_loss(y)
+    return own if weight is None else weight * own + (1 - weight) * mean_loss(partner)
 
 
 def minibatch_loss(
@@ -274,12 +281,14 @@ def minibatch_loss(
     augment: DSA | None,
     generator: torch.Generator,
     cutmix: CutMix | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of one augmented minibatch of one model (DSA per example, then CutMix with
-    mixed labels)."""
+    mixed labels), each example counted ``weights`` times if given (importance sampling)."""
     x, y, partner, weight = augmented_minibatch(x, y, augment, generator, cutmix)
     mixing = None if weight == 1.0 else torch.tensor([weight], device=x.device)
-    return mixed_cross_entropy(model(x)[None], y[None], partner[None], mixing)[0]
+    example_weights = None if weights is None else weights.to(x.device)[None]
+    return mixed_cross_entropy(model(x)[None], y[None], partner[None], mixing, example_weights)[0]
 
 
 def train_many(

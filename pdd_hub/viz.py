@@ -80,3 +80,30 @@ def plot_accuracy_per_stage(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_validation_curves(
+    curves: dict[str, list[tuple[int, float]]], path: str | Path, title: str = ""
+) -> Path:
+    """Validation accuracy against distillation iteration, one line per stage: whether a stage's
+    budget converged (a curve still rising at its last iteration did not)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, points in curves.items():
+        ax.plot([it for it, _ in points], [100 * acc for _, acc in points], marker=".", label=name)
+    ax.set_xlabel("distillation iteration")
+    ax.set_ylabel("validation accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -91,6 +91,11 @@ def test_the_wheel_lists_its_configs_and_methods(installed, tmp_path):
         "cifar10_idc_ipc10",
     ):
         assert f"\n{name} " in f"\n{configs.stdout}"
+    # what PDD measured against every method alone, negative results included
+    from pdd_hub.evidence import measured_gain
+
+    for method in ("dc", "dm", "dsa", "idc", "mtt"):
+        assert f"  {method:<4} {measured_gain(method)}" in configs.stdout
     methods = run_installed(installed, "methods", cwd=tmp_path)
     assert all(f"{m} " in methods.stdout for m in ("dc", "dm", "dsa", "idc", "mtt"))
 

@@ -97,7 +97,8 @@ def test_importance_sampling_prefers_high_loss_and_never_excludes():
     sampler = RealSampler(real, torch.arange(4), "importance", ImportanceConfig(floor=0.1))
     sampler.probabilities = p
     g = torch.Generator().manual_seed(0)
-    counts = torch.bincount(torch.cat([sampler.class_batch(0, 1, g) for _ in range(2000)]), minlength=4)
+    draws = [sampler.class_batch(0, 1, g).indices for _ in range(2000)]
+    counts = torch.bincount(torch.cat(draws), minlength=4)
     assert counts[3] > counts[2] > counts[1] and counts[0] > 0
 
 
@@ -145,3 +146,70 @@ def test_a_staged_selection_round_trips_through_load_dataset_and_load_pdd(method
             assert len(match) >= 1
             picked.append(int(match[0]))
     assert len(set(picked)) == len(picked)  # the stages are disjoint blocks of the ranking
+
+
+def skewed_sampler(weighting: str) -> tuple[RealSampler, torch.Tensor]:
+    """A class of 5 examples whose values rise with their importance probability."""
+    values = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    real = ImageSet(torch.zeros(5, 1, 2, 2), torch.zeros(5, dtype=torch.long), ["a"])
+    sampler = RealSampler(real, torch.arange(5), "importance", ImportanceConfig(weighting=weighting))
+    sampler.probabilities = importance_probabilities(torch.tensor([0.1, 0.2, 0.5, 1.0, 4.0]), floor=0.1)
+    return sampler, values
+
+
+def test_weighted_importance_sampling_is_an_unbiased_class_mean():
+    sampler, values = skewed_sampler("unbiased")
+    q = sampler.probabilities / sampler.probabilities.sum()
+    g = torch.Generator().manual_seed(0)
+    batch = sampler.class_batch(0, 4, g)
+    # each drawn example is weighted 1 / (n q_i) ...
+    torch.testing.assert_close(batch.weights.double(), 1 / (5 * q[batch.indices]))
+    # ... so the estimator's expectation, summed over every possible draw, is the plain class mean
+    exact = sum(q[i] * (1 / (5 * q[i])) * values[i].double() for i in range(5))
+    torch.testing.assert_close(exact, values.double().mean(0))
+    # and the sampler's own estimates average to it
+    estimates = torch.stack(
+        [b.mean(values[b.indices]) for b in (sampler.class_batch(0, 8, g) for _ in range(4000))]
+    )
+    spread = estimates.std() / 4000**0.5
+    assert abs(estimates.mean() - values.mean()) < 4 * spread
+
+
+def test_unweighted_importance_sampling_moves_the_mean_towards_high_loss():
+    sampler, values = skewed_sampler("none")
+    g = torch.Generator().manual_seed(0)
+    batches = [sampler.class_batch(0, 2, g) for _ in range(2000)]
+    assert all(b.weights is None and len(set(b.indices.tolist())) == 2 for b in batches)
+    estimate = torch.stack([b.mean(values[b.indices]) for b in batches]).mean()
+    assert estimate > values.mean() + 1.0  # biased towards the high-loss, high-value example
+
+
+def fixed_pool(scores: list[float], learned: list[float], features: torch.Tensor | None = None):
+    from pdd_hub.selection.base import ClassPool
+
+    n = len(scores)
+    return ClassPool(
+        0,
+        torch.arange(n),
+        features_of=lambda idx: (features if features is not None else torch.randn(n, 2))[idx],
+        scores_of=lambda idx: torch.tensor(scores)[idx],
+        learned_of=lambda idx: torch.tensor(learned)[idx],
+    )
+
+
+def test_forgetting_ranks_never_learned_examples_last():
+    pool = fixed_pool([5.0, 3.0, 1.0, 0.0, 5.0], [0.0, 1.0, 1.0, 1.0, 0.5])
+    ranked = build_selector("forgetting").rank(pool, 5, torch.Generator().manual_seed(0))
+    assert ranked.tolist() == [1, 2, 3, 4, 0]  # most forgotten learned ones first, then by share learned
+
+
+def test_sensitivity_on_a_class_smaller_than_its_clusters_uses_fewer_clusters(caplog):
+    pool = fixed_pool(
+        [0.0] * 4, [1.0] * 4, features=torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    )
+    with caplog.at_level("WARNING"):
+        ranked = build_selector("sensitivity", {"clusters": 10}).rank(
+            pool, 3, torch.Generator().manual_seed(0)
+        )
+    assert len(set(ranked.tolist())) == 3
+    assert "fewer than sensitivity.clusters = 10: using 4 k-means clusters" in caplog.text

@@ -29,9 +29,9 @@ from pdd_hub.augment import DSA, augment_spec, build_augment
 from pdd_hub.config import ImportanceConfig, PDDConfig
 from pdd_hub.data.images import ImageSet
 from pdd_hub.data.transforms import Preprocess
+from pdd_hub.loss_networks import LossNetworks, LossNetworksConfig, RetrainPool
 from pdd_hub.methods.sampling import RealSampler
-from pdd_hub.params import build_network, flat_params
-from pdd_hub.rng import Name, stream, stream_seed
+from pdd_hub.rng import Name, stream
 from pdd_hub.train import TrainingRecipe
 
 
@@ -59,6 +59,7 @@ class StageContext:
     real_sampling: str = "uniform"  # how the method draws real examples (pdd_hub.methods.sampling)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     progress: bool = True
+    networks: LossNetworks | None = None  # the loss's networks (default: start states)
 
     def stream(self, *name: Name) -> torch.Generator:
         """A named random stream of this stage (and process), e.g. ``ctx.stream("network", 3)``."""
@@ -70,13 +71,24 @@ class StageContext:
     def network_state(self, draw: int) -> torch.Tensor:
         """Flat parameters of the ``draw``-th network this stage's loss uses: a fresh random
         initialisation while there has been no transition (stage 1, as the base methods draw a new
-        network each time), else one of the start states, trained on stages 1..k-1, at random."""
-        if self.start_states_stage == 1:
-            seed = stream_seed(self.seed, *self._prefix(), "network", draw)
-            network = build_network(self.model_name, self.real.num_classes, self.real.image_shape, seed=seed)
-            return flat_params(network)
-        index = int(torch.randint(len(self.start_states), (), generator=self.stream("network", draw)))
-        return self.start_states[index]
+        network each time), else as the method's ``networks.source`` says (:mod:`pdd_hub.loss_networks`)."""
+        if self.networks is None:
+            self.networks = self.loss_networks(LossNetworksConfig())
+        return self.networks.state(draw)
+
+    def loss_networks(self, config: LossNetworksConfig, retrain: RetrainPool | None = None) -> LossNetworks:
+        """The networks of this stage's loss drawn from ``config``'s source."""
+        return LossNetworks(
+            config,
+            seed=self.seed,
+            prefix=self._prefix(),
+            model_name=self.model_name,
+            real=self.real,
+            pool=self.pool,
+            start_states=self.start_states,
+            first_stage=self.start_states_stage == 1,
+            retrain=retrain,
+        )
 
     def real_sampler(self) -> RealSampler:
         """A sampler of this stage's real examples, uniform or by importance as the run says."""
@@ -163,6 +175,11 @@ class Distiller(ABC):
     def training_augment(self) -> str:
         """The run's ``augment``, else this method's default, as a full spec."""
         return augment_spec(build_augment(self.run.augment or self.default_augment))
+
+    def loss_networks_config(self) -> LossNetworksConfig:
+        """Where the networks of the loss come from from stage 2 on: the method section's ``networks``
+        (DM, DC, DSA, IDC), else the start states."""
+        return LossNetworksConfig()
 
     def stage_lr(self) -> float | None:
         """The training LR this method learned for the current stage, if any."""

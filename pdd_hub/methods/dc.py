@@ -16,12 +16,13 @@ draw (siamese; DC: none, DSA: DSA) and the network's synthetic training per exam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
+from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.matching import METRICS, classwise_matching_loss
 from pdd_hub.networks import SingleNetwork
@@ -55,6 +56,7 @@ class DCConfig:
     layers: str = one_of("all", "conv")
     augment: str = augmentation("none")
     num_networks: int = positive(10)  # start states per stage (what the transition trains)
+    networks: LossNetworksConfig = field(default_factory=with_source("start_states"))  # from stage 2
 
 
 @register_method("dc", DCConfig)
@@ -85,6 +87,9 @@ class DC(Distiller):
         )
         self.network.train()
         self.outer_step, self.draws = 0, 0
+
+    def loss_networks_config(self) -> LossNetworksConfig:
+        return self.config.networks
 
     def image_optimizer(self) -> dict[str, float]:
         return {"lr": self.config.lr_img, "momentum": self.config.momentum}

@@ -13,12 +13,13 @@ states (trained on stages 1..k-1) instead of fresh random initialisations (which
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, positive
+from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.params import build_network, embed, load_flat_params
 from pdd_hub.registry import register_method
@@ -33,6 +34,7 @@ class DMConfig:
     batch_real: int = positive(256)  # real images per class per iteration
     augment: str = augmentation("dsa")
     num_networks: int = positive(10)  # start states per stage (what the transition trains)
+    networks: LossNetworksConfig = field(default_factory=with_source("start_states"))  # from stage 2
 
 
 @register_method("dm", DMConfig)
@@ -58,6 +60,9 @@ class DM(Distiller):
         self.network.train().requires_grad_(False)  # an embedding only: no gradient w.r.t. its weights
         self.draws = 0
 
+    def loss_networks_config(self) -> LossNetworksConfig:
+        return self.config.networks
+
     def image_optimizer(self) -> dict[str, float]:
         return {"lr": self.config.lr_img, "momentum": self.config.momentum}
 
@@ -68,12 +73,12 @@ class DM(Distiller):
         real, generator = self.ctx.real, self.ctx.generator
         total = images.new_zeros(())
         for c in range(self.num_classes):
-            idx = self.sampler.class_batch(c, self.config.batch_real, generator).to(real.images.device)
-            x_real, x_syn = real.images[idx], images[labels == c]
+            batch = self.sampler.class_batch(c, self.config.batch_real, generator)
+            x_real, x_syn = real.images[batch.indices.to(real.images.device)], images[labels == c]
             if self.augment is not None:  # siamese: one draw for both sides
                 sample = self.augment.sample(1, tuple(x_real.shape[-2:]), generator, shared=True)
                 x_real, x_syn = self.augment.apply(x_real, sample), self.augment.apply(x_syn, sample)
-            mean_real = embed(self.network, x_real).mean(dim=0)
+            mean_real = batch.mean(embed(self.network, x_real))  # importance-weighted when drawn so
             mean_syn = embed(self.network, x_syn).mean(dim=0)
             total = total + (mean_real - mean_syn).pow(2).sum()
         return total

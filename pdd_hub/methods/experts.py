@@ -286,13 +286,11 @@ class ExpertGroup:
         by_importance = self.probabilities is not None
         if not by_importance:
             orders = [pool[torch.randperm(len(pool), generator=g).to(pool.device)] for g in generators]
+        weights = None
         for start in range(0, len(pool), self.config.batch_size):
             if by_importance:
                 size = min(self.config.batch_size, len(pool) - start)
-                draws = [
-                    torch.multinomial(p, size, generator=g) for p, g in zip(self.probabilities, generators)
-                ]
-                idx = pool[torch.stack(draws).to(pool.device)]
+                idx, weights = self.importance_draws(pool, size, generators)
             else:
                 idx = torch.stack([order[start : start + self.config.batch_size] for order in orders])
             x = torch.stack(
@@ -302,12 +300,28 @@ class ExpertGroup:
             with autocast(x.device, self.precision):
                 logits = networks(x)
                 # each expert's gradient is that of its own mean loss
-                loss = mixed_cross_entropy(logits, y, y, None).sum()
+                loss = mixed_cross_entropy(logits, y, y, None, weights).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if self.track_forgetting:
                 self.counts.update(idx, logits.detach().argmax(dim=-1) == y)
+
+    def importance_draws(
+        self, pool: torch.Tensor, size: int, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each expert's ``size`` examples drawn by its probabilities ``[K, size]``, and their weights:
+        ``1 / (n p_i)`` with replacement (unbiased), or none without replacement (``weighting: none``)."""
+        unbiased = self.importance.weighting == "unbiased"
+        draws = [
+            torch.multinomial(p, size, replacement=unbiased, generator=g)
+            for p, g in zip(self.probabilities, generators, strict=True)
+        ]
+        picked = torch.stack(draws)
+        if not unbiased:
+            return pool[picked.to(pool.device)], None
+        weights = 1.0 / (len(pool) * torch.gather(self.probabilities, 1, picked))
+        return pool[picked.to(pool.device)], weights.float().to(pool.device)
 
     def importance_probabilities(
         self, networks: Networks, train_x: torch.Tensor, train_y: torch.Tensor, pool: torch.Tensor

@@ -24,7 +24,7 @@ from those start states (IDC's pretrained pool).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from einops import rearrange
 from pdd_hub.augment import CutMix, build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.errors import ConfigError
+from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
 from pdd_hub.methods.matching import classwise_matching_loss
@@ -73,6 +74,7 @@ class IDCConfig:
     cutmix_beta: float = positive(1.0)
     clamp: bool = True  # to the pixel range, once per network (not possible with ZCA)
     num_networks: int = positive(10)  # start states per stage (what the transition trains)
+    networks: LossNetworksConfig = field(default_factory=with_source("start_states"))  # from stage 2
     network_pool: str = one_of("start_states", "experts")
     pool_first_epoch: int = non_negative(0)  # experts pool: snapshots of these epochs
     pool_last_epoch: int = non_negative(4)
@@ -164,6 +166,9 @@ class IDC(Distiller):
                 later_epochs=self.config.pool_last_epoch,
             )
 
+    def loss_networks_config(self) -> LossNetworksConfig:
+        return self.config.networks
+
     def image_optimizer(self) -> dict[str, float]:
         lr = self.config.lr_img or 5e-3 * self.run.ipc_per_stage / 10
         return {"lr": lr, "momentum": self.config.momentum}
@@ -212,9 +217,16 @@ class IDC(Distiller):
         """About ``n_data`` real examples of SGD for the network (batches of ``net_batch``)."""
         cfg, real, generator = self.config, self.ctx.real, self.ctx.generator
         for _ in range(math.ceil(cfg.n_data / cfg.net_batch)):
-            idx = self.sampler.batch(cfg.net_batch, generator).to(real.images.device)
+            batch = self.sampler.batch(cfg.net_batch, generator)
+            idx = batch.indices.to(real.images.device)
             loss = minibatch_loss(
-                self.network, real.images[idx], real.labels[idx], self.net_augment, generator, self.cutmix
+                self.network,
+                real.images[idx],
+                real.labels[idx],
+                self.net_augment,
+                generator,
+                self.cutmix,
+                weights=batch.weights,
             )
             self.net_optimizer.zero_grad(set_to_none=True)
             loss.backward()

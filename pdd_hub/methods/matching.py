@@ -61,10 +61,15 @@ def batch_gradients(
     labels: torch.Tensor,
     *,
     create_graph: bool,
+    weights: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Gradients of the cross-entropy of ``network`` on a batch w.r.t. ``params``; with
-    ``create_graph`` they stay differentiable w.r.t. the images (the synthetic side)."""
-    loss = F.cross_entropy(network(images), labels)
+    """Gradients of the (``weights``-weighted) mean cross-entropy of ``network`` on a batch w.r.t.
+    ``params``; with ``create_graph`` they stay differentiable w.r.t. the images (the synthetic side)."""
+    if weights is None:
+        loss = F.cross_entropy(network(images), labels)
+    else:
+        per_example = F.cross_entropy(network(images), labels, reduction="none")
+        loss = (weights.to(per_example.device, per_example.dtype) * per_example).mean()
     grads = torch.autograd.grad(loss, params, create_graph=create_graph)
     return list(grads) if create_graph else [g.detach() for g in grads]
 
@@ -72,19 +77,20 @@ def batch_gradients(
 def class_gradient_distance(
     network: nn.Module,
     params: list[nn.Parameter],
-    real: tuple[torch.Tensor, torch.Tensor],
+    real: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     syn: tuple[torch.Tensor, torch.Tensor],
     metric: str,
     augment: DSA | None,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """The distance between ``network``'s gradients on a real and a synthetic batch (images, labels)
-    of one class, both augmented by one shared draw (siamese augmentation)."""
-    (x_real, y_real), (x_syn, y_syn) = real, syn
+    """The distance between ``network``'s gradients on a real batch (images, labels, importance
+    weights or ``None``) and a synthetic one (images, labels) of one class, both augmented by one
+    shared draw (siamese augmentation)."""
+    (x_real, y_real, w_real), (x_syn, y_syn) = real, syn
     if augment is not None:
         sample = augment.sample(1, tuple(x_real.shape[-2:]), generator, shared=True)
         x_real, x_syn = augment.apply(x_real, sample), augment.apply(x_syn, sample)
-    g_real = batch_gradients(network, params, x_real, y_real, create_graph=False)
+    g_real = batch_gradients(network, params, x_real, y_real, create_graph=False, weights=w_real)
     g_syn = batch_gradients(network, params, x_syn, y_syn, create_graph=True)
     return gradient_distance(g_real, g_syn, metric)
 
@@ -110,12 +116,14 @@ def classwise_matching_loss(
     sampler.step(network)
     total = images.new_zeros(())
     for c in range(real.num_classes):
-        idx = sampler.class_batch(c, batch_real, generator).to(real.images.device)
+        batch = sampler.class_batch(c, batch_real, generator)
+        idx = batch.indices.to(real.images.device)
         of_class = torch.nonzero(labels == c).flatten()
         if max_syn is not None:
             keep = torch.randperm(len(of_class), generator=generator)[:max_syn]
             of_class = of_class[keep.to(of_class.device)]
-        real_batch, syn_batch = (real.images[idx], real.labels[idx]), (images[of_class], labels[of_class])
+        real_batch = (real.images[idx], real.labels[idx], batch.weights)
+        syn_batch = (images[of_class], labels[of_class])
         total = total + class_gradient_distance(
             network, params, real_batch, syn_batch, metric, augment, generator
         )

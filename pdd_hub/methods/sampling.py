@@ -6,13 +6,21 @@ With ``real_sampling: importance`` an example i of the stage's pool is drawn wit
 
 where ``loss_i`` is its cross-entropy under the method's current network, computed over the whole
 pool in batches (no gradient) every ``importance.refresh_every`` draws; ``floor`` keeps every
-example drawable. Within a class the probabilities are renormalised. Examples are drawn without
-replacement within a batch. Where each method draws (see docs/SELECTION.md): DC, DSA and IDC at every
-comparison (the per-class real batches, and IDC's real-data training of its network), DM at every
-iteration, MTT in its experts' training (:mod:`pdd_hub.methods.experts`).
+example drawable. Within a class the probabilities are renormalised (q_i).
+
+``importance.weighting: unbiased`` (the default) draws with replacement and weights each drawn
+example by ``1 / (n q_i)`` (n: the candidates, a class's or the pool's), so that a weighted batch
+mean, ``(1/B) sum_b w_b f(x_b)``, is an unbiased estimate of the plain mean over the candidates: DM's
+class-mean embedding and the gradient-matching methods' real loss keep their meaning and only their
+variance changes. ``weighting: none`` draws without replacement and without weights: the target then
+moves towards high-loss examples (docs/SELECTION.md). Where each method draws: DC, DSA and IDC at
+every comparison (the per-class real batches, and IDC's real-data training of its network), DM at
+every iteration, MTT in its experts' training (:mod:`pdd_hub.methods.experts`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +54,22 @@ def importance_probabilities(losses: torch.Tensor, floor: float) -> torch.Tensor
     return (1 - floor) * share + floor / len(losses)
 
 
+@dataclass
+class RealBatch:
+    """Indices of drawn real examples (into the training set) and their importance weights
+    (``None``: equal weights, a plain mean)."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The (weighted) mean over the batch of per-example ``values`` ``[B, ...]``."""
+        if self.weights is None:
+            return values.mean(dim=0)
+        weights = self.weights.to(values.device, values.dtype).view(-1, *[1] * (values.ndim - 1))
+        return (weights * values).mean(dim=0)
+
+
 class RealSampler:
     """Indices of real examples from a stage's pool, uniformly or by importance."""
 
@@ -65,20 +89,26 @@ class RealSampler:
             self.probabilities = importance_probabilities(losses, self.config.floor)
         self.draws += 1
 
-    def class_batch(self, c: int, size: int, generator: torch.Generator) -> torch.Tensor:
-        """``size`` distinct examples of class ``c`` (all, if it has fewer), as training-set indices."""
-        return self.pool[self.of_class[c][self._draw(self.of_class[c], size, generator)]]
+    def class_batch(self, c: int, size: int, generator: torch.Generator) -> RealBatch:
+        """``size`` examples of class ``c`` (all, if it has fewer and the draw is without weights)."""
+        return self._draw(self.of_class[c], size, generator)
 
-    def batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
-        """``size`` distinct examples of any class, as training-set indices."""
-        return self.pool[self._draw(torch.arange(len(self.pool)), size, generator)]
+    def batch(self, size: int, generator: torch.Generator) -> RealBatch:
+        """``size`` examples of any class."""
+        return self._draw(torch.arange(len(self.pool)), size, generator)
 
-    def _draw(self, candidates: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-        size = min(size, len(candidates))
+    def _draw(self, candidates: torch.Tensor, size: int, generator: torch.Generator) -> RealBatch:
         if self.mode == "uniform" or self.probabilities is None:
-            return torch.randperm(len(candidates), generator=generator)[:size]
-        weights = self.probabilities[candidates]
-        return torch.multinomial(weights / weights.sum(), size, replacement=False, generator=generator)
+            picked = torch.randperm(len(candidates), generator=generator)[: min(size, len(candidates))]
+            return RealBatch(self.pool[candidates[picked]])
+        q = self.probabilities[candidates]
+        q = q / q.sum()
+        if self.config.weighting == "none":
+            picked = torch.multinomial(q, min(size, len(candidates)), replacement=False, generator=generator)
+            return RealBatch(self.pool[candidates[picked]])
+        picked = torch.multinomial(q, size, replacement=True, generator=generator)
+        weights = (1.0 / (len(candidates) * q[picked])).float()
+        return RealBatch(self.pool[candidates[picked]], weights)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {"draws": torch.tensor(self.draws)}

@@ -26,6 +26,8 @@ class ClassPool:
     indices: torch.Tensor
     features_of: Callable[[torch.Tensor], torch.Tensor]
     scores_of: Callable[[torch.Tensor], torch.Tensor]
+    # share of the scoring runs that ever classified each candidate correctly ``[n]``
+    learned_of: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -37,6 +39,12 @@ class ClassPool:
     @property
     def scores(self) -> torch.Tensor:
         return self.scores_of(self.indices)
+
+    @property
+    def learned(self) -> torch.Tensor:
+        if self.learned_of is None:
+            return torch.ones(len(self.indices))
+        return self.learned_of(self.indices)
 
 
 class Selector(ABC):

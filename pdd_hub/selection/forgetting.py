@@ -1,5 +1,11 @@
 """Forgetting (Toneva et al. 2019): the examples most often forgotten while networks train on the
-real data (highest forgetting score first; ties in random order)."""
+real data (highest forgetting score first; ties in random order).
+
+Examples that some scoring run never classified correctly come last, fewest runs learning them last:
+their score (a run's maximum, see :mod:`pdd_hub.scoring`) ranks them hardest, but they are mostly
+outliers and mislabelled images, and a small selection made of them alone trains a network to chance
+accuracy (docs/RESULTS.md, issue 8). Among the examples every run learned, the most forgotten first.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,12 @@ from pdd_hub.selection.base import ClassPool, Selector
 
 @register_selection("forgetting")
 class Forgetting(Selector):
-    """The examples with the highest forgetting scores (Toneva et al. 2019)."""
+    """The examples with the highest forgetting scores among those the scoring runs learned."""
 
     def rank(self, pool: ClassPool, count: int, generator: torch.Generator) -> torch.Tensor:
         shuffled = torch.randperm(len(pool), generator=generator)
-        scores = pool.scores.cpu()[shuffled]
-        return shuffled[torch.argsort(scores, descending=True, stable=True)][:count]
+        scores = pool.scores.cpu().double()[shuffled]
+        learned = pool.learned.cpu().double()[shuffled]
+        by_score = torch.argsort(scores, descending=True, stable=True)
+        by_learned = torch.argsort(learned[by_score], descending=True, stable=True)
+        return shuffled[by_score[by_learned]][:count]

@@ -10,6 +10,7 @@ and examples are sampled with probability s(x) / sum(s), without replacement. Fa
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from pdd_hub.config import positive
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.registry import register_selection
 from pdd_hub.selection.base import ClassPool, Selector
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,5 +58,14 @@ class Sensitivity(Selector):
 
     def rank(self, pool: ClassPool, count: int, generator: torch.Generator) -> torch.Tensor:
         seed = int(torch.randint(2**31 - 1, (), generator=generator))
-        probabilities = sensitivity_probabilities(pool.features, self.config.clusters, seed)
+        clusters = min(self.config.clusters, len(pool))
+        if clusters < self.config.clusters:  # e.g. a small forgetting band: fewer clusters, said
+            logger.warning(
+                "class %d has %d candidates, fewer than sensitivity.clusters = %d: using %d k-means clusters",
+                pool.label,
+                len(pool),
+                self.config.clusters,
+                clusters,
+            )
+        probabilities = sensitivity_probabilities(pool.features, clusters, seed)
         return torch.multinomial(probabilities, count, replacement=False, generator=generator)

@@ -1,0 +1,422 @@
+"""Does PDD make each base method better? One command for issue 19's ablation: cached, resumable.
+
+    python benchmarks/ablation.py --protocol cpu --only dm            # run (or resume) DM's rows
+    python benchmarks/ablation.py --protocol cpu --report docs/RESULTS.md   # tables from what exists
+    python benchmarks/ablation.py --protocol tiny --out /tmp/abl      # seconds per row (CI)
+
+For every base method X (``--only`` picks some), starting from PDD + X at its shipped setting and
+varying one factor at a time:
+
+* ``alone``: X alone, one stage of P x IPC images per class with the per-stage iterations of the
+  PDD rows (the same updates per image), evaluated at its own epochs E *and* at P x E, the SGD steps
+  the progressive schedule gives PDD in all (at <= 256 images an epoch is one step);
+* ``source=S``: PDD + X with each loss-network source S (pdd_hub.loss_networks) from stage 2; the
+  shipped one (for MTT, which draws no loss networks, the row ``pdd``) is evaluated with random real
+  images at the same storage beside it;
+* ``<shipped>+budget=total``: the same total iterations split over the stages (N / P each);
+* ``<shipped>+init=sensitivity``, ``+importance`` (weighted), ``+importance=none`` (unweighted) and
+  ``+forgetting=band``: the subset-selection features against the plain shipped row.
+
+Every distillation is a ``pdd-hub distill`` run in ``OUT/PROTOCOL/X/ROW`` (re-running resumes it from
+its checkpoints), every evaluation a ``pdd-hub eval`` whose JSON is kept (a finished one is skipped,
+an interrupted one reuses its finished seeds). ``--report FILE`` writes the tables and each
+method's validation curves between the markers ``<!-- ablation:PROTOCOL:begin/end -->`` of FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("start_states", "random", "perturbed", "retrained", "mixed")
+NETWORK_METHODS = ("dm", "dc", "dsa", "idc")  # the methods whose loss draws networks
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Where the ablation runs: data, scale, and each method's settings at that scale."""
+
+    name: str
+    dataset: str
+    common: tuple[str, ...]  # overrides of every run
+    methods: dict[str, tuple[str, ...]]  # method -> its shipped config name and its overrides
+    num_stages: int
+    ipc: int
+    iterations: dict[str, int]  # per stage, per method
+    eval_epochs: int
+    seeds: int
+    model: str
+    scoring: tuple[str, ...]  # overrides of the runs that train scoring networks
+    select: tuple[str, ...] = ()  # `pdd-hub select` arguments of the selection rows (data, scoring)
+    eval_args: tuple[str, ...] = ()  # extra `pdd-hub eval` arguments (e.g. the image size)
+
+
+def cpu_protocol() -> Protocol:
+    """CIFAR-10 at 16 x 16 px from 500 real training images per class, 5 stages x 2 IPC, ConvNet-D3:
+    small enough for the budgets to converge on 2 CPU cores (docs/RESULTS.md, issue 19)."""
+    common = (
+        "image_size=16",
+        "train_per_class=500",
+        "val_per_class=50",
+        "train_epochs_per_stage=300",
+        "transition.syn_epochs=300",
+        "eval.every=50",
+        "eval.num_models=2",
+        "eval.epochs=300",
+        "log_every=25",
+        "checkpoint_every=25",
+        "progress=false",
+    )
+    methods = {
+        "dm": ("cifar10_dm_cpu", "dm.batch_real=64"),
+        "dsa": ("cifar10_dsa_cpu",),
+        "dc": ("cifar10_dc_cpu",),
+        "idc": ("cifar10_idc_cpu",),
+        "mtt": ("cifar10_cpu", "train_per_class=500"),
+    }
+    iterations = {"dm": 300, "dsa": 100, "dc": 100, "idc": 100, "mtt": 100}
+    scoring = ("scoring.runs=2", "scoring.epochs=30", "sensitivity.clusters=10")
+    select = (
+        "--train-per-class",
+        "500",
+        "--image-size",
+        "16",
+        "--scoring",
+        "runs=2",
+        "--scoring",
+        "epochs=30",
+    )
+    return Protocol(
+        "cpu", str(REPO.parent / "shared/datasets/cifar10"), common, methods, 5, 2, iterations, 300, 3,
+        "convnet_d3", scoring, select, ("--image-size", "16"),
+    )  # fmt: skip
+
+
+def tiny_protocol() -> Protocol:
+    """The embedded digits, 2 stages x 1 IPC, a handful of iterations: the harness end to end (CI)."""
+    common = (
+        "model=convnet_d1",
+        "val_per_class=20",
+        "train_epochs_per_stage=3",
+        "train_batch_size=32",
+        "transition.syn_epochs=3",
+        "eval.every=2",
+        "eval.num_models=1",
+        "eval.epochs=3",
+        "experts.num_experts=2",
+        "experts.epochs=2",
+        "checkpoint_every=2",
+        "progress=false",
+    )
+    small = {
+        "dm": ("dm.batch_real=8", "dm.num_networks=2"),
+        "dc": ("dc.batch_real=8", "dc.outer_loop=2", "dc.inner_loop=1", "dc.num_networks=2"),
+        "dsa": ("dsa.batch_real=8", "dsa.outer_loop=2", "dsa.inner_loop=1", "dsa.num_networks=2"),
+        "idc": ("idc.batch_real=8", "idc.n_data=16", "idc.inner_loop=2", "idc.num_networks=2"),
+        "mtt": ("mtt.syn_steps=2", "mtt.expert_epochs=1", "mtt.max_start_epoch=1"),
+    }
+    config = {"dm": "quickstart_dm", "dc": "quickstart_dc", "dsa": "quickstart_dsa"}
+    config |= {"idc": "quickstart_idc", "mtt": "quickstart"}
+    methods = {m: (config[m], *small[m]) for m in small}
+    scoring = ("scoring.runs=1", "scoring.epochs=2", "sensitivity.clusters=2")
+    select = ("--scoring", "runs=1", "--scoring", "epochs=2", "--scoring", "model=convnet_d1")
+    return Protocol(
+        "tiny", "sklearn:digits", common, methods, 2, 1, dict.fromkeys(small, 4), 3, 2, "convnet_d1", scoring,
+        select,
+    )  # fmt: skip
+
+
+PROTOCOLS = {"cpu": cpu_protocol, "tiny": tiny_protocol}
+
+
+@dataclass
+class Row:
+    """One line of a method's table: a distillation and its evaluations."""
+
+    method: str
+    key: str  # alone, pdd, source=random, ...
+    what: str  # what differs from the pdd row
+    overrides: tuple[str, ...]
+    evals: dict[str, int] = field(default_factory=dict)  # eval name -> epochs per stage
+    baseline: bool = False  # also random real images at the same storage
+    selection: str | None = None  # a `pdd-hub select` row instead of a distillation
+
+
+def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
+    """The rows of ``method``: X alone, PDD + X with every loss-network source (the shipped one is
+    PDD + X as shipped), then one factor varied at a time from the shipped setting. A row's key names
+    everything it sets, so its cached run stays valid when the shipped setting changes."""
+    p, iterations = protocol, protocol.iterations[method]
+    E = p.eval_epochs
+    stages = (f"num_stages={p.num_stages}", f"ipc_per_stage={p.ipc}", f"iterations={iterations}")
+    alone = ("num_stages=1", f"ipc_per_stage={p.num_stages * p.ipc}", f"iterations={iterations}")
+    rows = [
+        Row(method, "alone", f"{method.upper()} alone, 1 x {p.num_stages * p.ipc} IPC", alone,
+            {"E": E, "PxE": p.num_stages * E}),
+    ]  # fmt: skip
+    base, base_key = stages, "pdd"
+    if method in NETWORK_METHODS:
+        for source in SOURCES:
+            change = (f"{method}.networks.source={source}",)
+            shipped = source == shipped_source
+            what = f"PDD, loss networks: {source}" + (" (shipped)" if shipped else "")
+            rows.append(Row(method, f"source={source}", what, stages + change, {"E": E}, baseline=shipped))
+        base, base_key = (*stages, f"{method}.networks.source={shipped_source}"), f"source={shipped_source}"
+    else:
+        rows.append(Row(method, "pdd", f"PDD + {method.upper()} as shipped", stages, {"E": E}, baseline=True))
+    for key, (what, change) in variants(protocol).items():
+        rows.append(Row(method, f"{base_key}+{key}", what, base + change, {"E": E}))
+    return rows
+
+
+def variants(protocol: Protocol) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The factors varied from the shipped PDD setting: key -> (what, overrides)."""
+    scoring = tuple(c for c in protocol.scoring if not c.startswith("sensitivity."))
+    return {
+        "budget=total": ("budget: the same total, N / P per stage", ("budget=total",)),
+        "init=sensitivity": ("init: sensitivity sampling", ("init=sensitivity", *protocol.scoring)),
+        "importance": ("real batches: importance, weighted", ("real_sampling=importance",)),
+        "importance=none": (
+            "real batches: importance, unweighted",
+            ("real_sampling=importance", "importance.weighting=none"),
+        ),
+        "forgetting=band": ("forgetting bands", ("forgetting.mode=band", *scoring)),
+    }
+
+
+SELECTIONS = ("random", "herding", "kcenter", "forgetting", "sensitivity")
+
+
+def selection_rows(protocol: Protocol) -> list[Row]:
+    """Selection baselines at X alone's storage (1 x P x IPC): is forgetting above chance, ..."""
+    ipc = protocol.num_stages * protocol.ipc
+    return [
+        Row("select", name, f"{name}, 1 x {ipc} real images per class", (), {"E": protocol.eval_epochs},
+            selection=name)
+        for name in SELECTIONS
+    ]  # fmt: skip
+
+
+def rows_of(method: str, protocol: Protocol) -> list[Row]:
+    """The rows of a base method, or of ``select`` (the selection baselines)."""
+    if method == "select":
+        return selection_rows(protocol)
+    return rows_for(method, protocol, shipped_source(method, protocol))
+
+
+def shipped_row(rows: list[Row]) -> Row | None:
+    """The PDD + X row as shipped (the one evaluated beside random real images)."""
+    return next((r for r in rows if r.baseline), None)
+
+
+def distill_command(row: Row, protocol: Protocol, folder: Path) -> list[str]:
+    config, *method_overrides = protocol.methods[row.method]
+    return [
+        sys.executable, "-m", "pdd_hub.cli", "distill", "--config", config, f"dataset={protocol.dataset}",
+        f"output_dir={folder}", *protocol.common, *method_overrides, *row.overrides,
+    ]  # fmt: skip
+
+
+def select_command(row: Row, protocol: Protocol, folder: Path) -> list[str]:
+    clusters = ["--param", "clusters=10"] if row.selection == "sensitivity" else []
+    return [
+        sys.executable, "-m", "pdd_hub.cli", "select", "--real", protocol.dataset, "--method", row.selection,
+        *clusters, "--num-stages", "1", "--ipc", str(protocol.num_stages * protocol.ipc),
+        "--epochs", str(protocol.eval_epochs), *protocol.select, "--output", str(folder / "dataset"),
+    ]  # fmt: skip
+
+
+def eval_command(row: Row, protocol: Protocol, folder: Path, name: str, epochs: int) -> list[str]:
+    command = [
+        sys.executable, "-m", "pdd_hub.cli", "eval", str(folder / "dataset"), "--real", protocol.dataset,
+        "--model", protocol.model, "--seeds", str(protocol.seeds), "--epochs-per-stage", str(epochs),
+        "--output", str(folder / f"eval_{name}.json"), *protocol.eval_args,
+    ]  # fmt: skip
+    return command + (["--baseline", "random"] if row.baseline else [])
+
+
+def run_logged(command: list[str], log: Path, threads: int) -> float:
+    """Run ``command`` (under ``/usr/bin/time -v`` where there is one), appending to ``log``;
+    returns the wall seconds. A failure stops the row with the log's tail."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PDD_HUB_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
+    timed = ["/usr/bin/time", "-v", *command] if Path("/usr/bin/time").exists() else command
+    start = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(command)}\n")
+        out.flush()
+        code = subprocess.call(timed, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
+        raise RuntimeError(f"{' '.join(command[2:5])} failed ({code}); {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
+    """Distil (or resume) the row's run and evaluate it; finished parts are skipped."""
+    folder = out / protocol.name / row.method / row.key
+    folder.mkdir(parents=True, exist_ok=True)
+    log, timing = folder / "log.txt", folder / "timing.json"
+    seconds = json.loads(timing.read_text()) if timing.exists() else {}
+    if not (folder / "distilled").exists():
+        make = select_command if row.selection else distill_command
+        seconds["distill"] = seconds.get("distill", 0) + run_logged(make(row, protocol, folder), log, threads)
+        (folder / "distilled").touch()
+    for name, epochs in row.evals.items():
+        if not (folder / f"eval_{name}.json").exists():
+            command = eval_command(row, protocol, folder, name, epochs)
+            seconds[f"eval_{name}"] = run_logged(command, log, threads)
+        timing.write_text(json.dumps(seconds, indent=1))
+    timing.write_text(json.dumps(seconds, indent=1))
+    return folder
+
+
+def shipped_source(method: str, protocol: Protocol) -> str:
+    """The loss-network source the method's shipped config uses."""
+    from pdd_hub.config import load_config, resolve_config
+
+    if method not in NETWORK_METHODS:
+        return "start_states"
+    config = load_config(resolve_config(protocol.methods[method][0]))
+    return config.method_config.networks.source
+
+
+def run_all(protocol: Protocol, methods: list[str], out: Path, jobs: int, keys: set[str] | None) -> None:
+    """Every row of ``methods`` (those named in ``keys``, if given), ``jobs`` at a time."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    rows = [r for m in methods for r in rows_of(m, protocol) if keys is None or r.key in keys]
+    print(f"{len(rows)} rows, {jobs} at a time, {threads} thread(s) each", flush=True)
+
+    def one(row: Row) -> None:
+        start = time.perf_counter()
+        try:
+            run_row(row, protocol, out, threads)
+            print(f"done {row.method}/{row.key} ({time.perf_counter() - start:.0f} s)", flush=True)
+        except RuntimeError as exc:
+            print(f"FAILED {row.method}/{row.key}: {exc}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, rows))
+
+
+# --- the report ------------------------------------------------------------------------------------
+def accuracies(path: Path, model: str, tag: str = "") -> list[tuple[float, float]] | None:
+    """(mean, std) in % after each phase for ``model`` (+ ``tag``) from an eval JSON, if present."""
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())["summary"].get(model + tag)
+    return None if summary is None else [(100 * p["mean"], 100 * p["std"]) for p in summary]
+
+
+def cell(point: tuple[float, float] | None) -> str:
+    return "" if point is None else f"{point[0]:.2f} ± {point[1]:.2f}"
+
+
+def method_table(method: str, protocol: Protocol, out: Path) -> list[str]:
+    """The markdown table of one method: per-stage accuracy of every row that has results."""
+    P, model = protocol.num_stages, protocol.model
+    folder = out / protocol.name / method
+    phases = ["stage_1", *(f"stage_1..{k}" for k in range(2, P + 1))]
+    lines = ["| row | what differs | " + " | ".join(phases) + " |", "|---|---|" + "---|" * P]
+    rows = rows_of(method, protocol)
+    for row in rows:
+        for name in row.evals:
+            points = accuracies(folder / row.key / f"eval_{name}.json", model)
+            if points is None:
+                continue
+            label = f"`{row.key}`" + (f" ({row.evals[name]} epochs)" if row.key == "alone" else "")
+            cells = [""] * (P - 1) + [cell(points[-1])] if len(points) == 1 else [cell(p) for p in points]
+            lines.append(f"| {label} | {row.what} | " + " | ".join(cells) + " |")
+    shipped = shipped_row(rows)
+    random = shipped and accuracies(folder / shipped.key / "eval_E.json", model, " [random real]")
+    if random:
+        what = f"same storage and schedule as `{shipped.key}`"
+        lines.append(f"| random real | {what} | " + " | ".join(map(cell, random)) + " |")
+    return lines
+
+
+def verdict(method: str, protocol: Protocol, out: Path) -> str | None:
+    """PDD + X (as shipped) against the better of X alone's two evaluations, after the last stage."""
+    folder, model = out / protocol.name / method, protocol.model
+    shipped = shipped_row(rows_of(method, protocol))
+    if shipped is None:
+        return None
+    pdd = accuracies(folder / shipped.key / "eval_E.json", model)
+    alone = [accuracies(folder / "alone" / f"eval_{n}.json", model) for n in ("E", "PxE")]
+    if pdd is None or any(a is None for a in alone):
+        return None
+    best = max((a[-1] for a in alone), key=lambda p: p[0])
+    gain = pdd[-1][0] - best[0]
+    holds = "holds" if gain >= -best[1] else "does not hold"
+    name = method.upper()
+    return (
+        f"PDD + {name} as shipped (`{shipped.key}`) {cell(pdd[-1])} vs {name} alone {cell(best)} (the "
+        f"better of its two evaluations): {gain:+.2f} points; PDD + X >= X - 1 std {holds}."
+    )
+
+
+def report(protocol: Protocol, methods: list[str], out: Path, target: Path) -> None:
+    """Write every method's table, verdict and validation curves into ``target`` between markers."""
+    figures = target.parent / "ablation"
+    parts = []
+    for method in methods:
+        table = method_table(method, protocol, out)
+        if len(table) <= 2:
+            continue
+        parts += [f"#### {method.upper()}", "", *table, ""]
+        line = verdict(method, protocol, out)
+        parts += [line, ""] if line else []
+        shipped = shipped_row(rows_of(method, protocol))
+        for key in (shipped.key, "alone") if shipped else ():
+            curves = out / protocol.name / method / key / "validation_curves.png"
+            if curves.exists():
+                figures.mkdir(parents=True, exist_ok=True)
+                name = f"{protocol.name}_{method}_{key.replace('=', '_')}.png"
+                shutil.copyfile(curves, figures / name)
+                parts += [f"![{method} {key}: validation accuracy per iteration](ablation/{name})", ""]
+    begin, end = f"<!-- ablation:{protocol.name}:begin -->", f"<!-- ablation:{protocol.name}:end -->"
+    text = target.read_text() if target.exists() else ""
+    block = "\n".join([begin, "", *parts, end])
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    target.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
+    parser.add_argument("--only", default=None, help="comma-separated methods and/or select (default: all)")
+    parser.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
+    parser.add_argument("--out", default="runs/ablation", help="where runs and evaluations are kept")
+    parser.add_argument("--jobs", type=int, default=1, help="rows run at once (threads are split)")
+    parser.add_argument("--report", default=None, help="write the tables into this markdown file")
+    parser.add_argument("--no-run", action="store_true", help="only the report, from what exists")
+    args = parser.parse_args(argv)
+    protocol = PROTOCOLS[args.protocol]()
+    known = [*protocol.methods, "select"]
+    methods = args.only.split(",") if args.only else known
+    unknown = sorted(set(methods) - set(known))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {known}")
+    out = Path(args.out)
+    if not args.no_run:
+        run_all(protocol, methods, out, args.jobs, set(args.rows.split(",")) if args.rows else None)
+    if args.report:
+        report(protocol, methods, out, Path(args.report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

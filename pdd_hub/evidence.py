@@ -1,0 +1,60 @@
+"""What was measured of PDD against each base method alone (docs/RESULTS.md), negative results
+included: `pdd-hub configs`, the README and every export's dataset card state it, so that nobody
+picks PDD + X for a gain that was not seen.
+
+Each entry is one measured comparison at equal storage: PDD + X (P stages) against X alone (one stage
+of all the images), mean ± std over seeds after the last stage, with where and how it was measured.
+``benchmarks/ablation.py --report`` prints the rows it measured in this form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """PDD + X against X alone after the last stage, test accuracy in %."""
+
+    method: str
+    pdd: tuple[float, float]  # mean, std
+    alone: tuple[float, float]  # the better of X alone's evaluations where both were run
+    protocol: str  # where: data, scale, budgets, evaluation
+    section: str  # the section of docs/RESULTS.md
+
+    @property
+    def gain(self) -> float:
+        return self.pdd[0] - self.alone[0]
+
+    @property
+    def verdict(self) -> str:
+        """helps / within one std / does not help."""
+        if self.gain > 0 and self.gain >= self.alone[1]:
+            return "helps"
+        return "within one std" if self.gain >= -self.alone[1] else "does not help"
+
+    def sentence(self) -> str:
+        name = self.method.upper()
+        return (
+            f"PDD + {name} {self.pdd[0]:.2f} ± {self.pdd[1]:.2f} vs {name} alone {self.alone[0]:.2f} ± "
+            f"{self.alone[1]:.2f} ({self.gain:+.2f} points, {self.verdict}; {self.protocol}; "
+            f"docs/RESULTS.md, {self.section})"
+        )
+
+
+_CPU32 = "CIFAR-10 32 px, 5 x 2 IPC, ConvNet-D3, 3 seeds, CPU-sized budgets"
+_UNEQUAL = _CPU32 + ", 100 vs 500 updates per image"
+MEASURED: dict[str, Comparison] = {
+    "mtt": Comparison("mtt", (45.24, 0.06), (44.05, 0.49), _CPU32 + ", PDD trained 5x longer", "issue 3"),
+    "idc": Comparison("idc", (46.73, 0.89), (47.43, 0.46), _UNEQUAL, "issue 7"),
+    "dm": Comparison("dm", (41.07, 0.88), (47.11, 0.31), _UNEQUAL, "issue 7"),
+    "dsa": Comparison("dsa", (35.24, 0.62), (44.65, 0.64), _UNEQUAL, "issue 7"),
+}
+
+
+def measured_gain(method: str) -> str:
+    """One sentence: what PDD + ``method`` measured against ``method`` alone, or that nothing was."""
+    found = MEASURED.get(method)
+    if found is None:
+        return f"PDD + {method.upper()} has not been measured against {method.upper()} alone."
+    return found.sentence()
