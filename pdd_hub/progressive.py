@@ -21,12 +21,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from safetensors.torch import load_file
 
 from pdd_hub.config import PDDConfig, init_selection
 from pdd_hub.distill import distill_stage
 from pdd_hub.forgetting import stage_pool
-from pdd_hub.io import save_tensors
+from pdd_hub.io import load_tensors, save_tensors
 from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.methods.base import StageContext
 from pdd_hub.params import flat_params, network_from
@@ -253,7 +252,7 @@ def transition(
     network's result is kept as soon as it is there."""
     path = run.layout.start_states_file(next_stage)
     if run.exists_on_all(path):
-        return load_file(str(path))["states"]
+        return load_tensors(path, ("states",))["states"]
     cfg = run.config
     images, labels = union_of(finished)
     recipe = distiller.training_recipe()
@@ -285,7 +284,9 @@ def transition(
         for i, state in zip(group, trained, strict=True):
             save_tensors({"state": state}, parts / f"{i:04d}.safetensors")
     run.accelerator.wait_for_everyone()
-    states = torch.stack([load_file(str(parts / f"{i:04d}.safetensors"))["state"] for i in range(count)])
+    states = torch.stack(
+        [load_tensors(parts / f"{i:04d}.safetensors", ("state",))["state"] for i in range(count)]
+    )
     if run.accelerator.is_main_process:
         save_tensors({"states": states}, path)
     run.accelerator.wait_for_everyone()
