@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from pdd_hub.errors import ConfigError, PDDError
+from pdd_hub.launch import report_user_error
 from pdd_hub.outputs import check_writable, disk_full, disk_full_message, output_lock
 from pdd_hub.validate import EPOCHS, IMAGE_SIDE, LR, SEED, Rule, positive_int
 
@@ -47,16 +48,23 @@ def _check_options(args: argparse.Namespace, rules: dict[str, Rule]) -> None:
         rule.check(getattr(args, name), f"--{name.replace('_', '-')}", ConfigError)
 
 
-def _eval(args: argparse.Namespace) -> int:
+def check_eval_args(args: argparse.Namespace) -> list[str]:
+    """The models of ``pdd-hub eval``, with its options checked (before anything is loaded)."""
     from pdd_hub.models import check_model_name
-    from pdd_hub.runtime import make_accelerator
 
     models = args.model or []
     if not models:
         raise PDDError("give at least one --model (any timm model name, e.g. convnet_d3 or resnet18_cifar)")
     _check_options(args, EVAL_OPTIONS)
     for name in models:
-        check_model_name(name)  # fail before loading anything
+        check_model_name(name)
+    return models
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pdd_hub.runtime import make_accelerator
+
+    models = check_eval_args(args)
     accelerator = make_accelerator(cpu=args.cpu)
     output = Path(args.output)
     with contextlib.ExitStack() as stack:
@@ -352,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["distill"]:  # everything after it is the config parser's (--config, key=value, --help)
         return _distill(argparse.Namespace(args=argv[1:]))
+    if argv[:1] == ["launch"]:  # everything after it is accelerate launch's, then the command's
+        return _launch(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
@@ -360,14 +370,31 @@ def main(argv: list[str] | None = None) -> int:
 
             configure_threads()
         return args.func(args)
-    except PDDError as exc:
-        print(f"pdd-hub {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
-        if not disk_full(exc):
-            raise
-        print(f"pdd-hub {args.command}: error: {disk_full_message(exc)}", file=sys.stderr)
-        return 2
+        return user_error(exc, f"pdd-hub {args.command}: error: ")
+
+
+def user_error(exc: Exception, prefix: str) -> int:
+    """Print an error the user can fix (a :class:`PDDError`, a full disk) as one paragraph and return
+    exit status 2; re-raise anything else."""
+    if isinstance(exc, PDDError):
+        message = str(exc)
+    elif disk_full(exc):
+        message = disk_full_message(exc)
+    else:
+        raise exc
+    print(prefix + message, file=sys.stderr)
+    report_user_error(message)
+    return 2
+
+
+def _launch(argv: list[str]) -> int:
+    from pdd_hub.launch import launch
+
+    try:
+        return launch(argv)
+    except Exception as exc:
+        return user_error(exc, "pdd-hub launch: error: ")
 
 
 if __name__ == "__main__":

@@ -506,7 +506,7 @@ def read_schedule(folder: str | Path) -> Schedule:
             f"{folder} is not a complete pdd-hub export: it has no {SCHEDULE_FILE} "
             f"(found: {sorted(p.name for p in folder.iterdir())})"
         )
-    data = read_json(schedule_path, ExportFormatError)
+    data = read_json(schedule_path, ExportFormatError, strict=False)  # NaN is refused by field, below
     if not isinstance(data, dict):
         raise ExportFormatError(f"{schedule_path} must hold a JSON object, not {type(data).__name__}")
     try:

@@ -168,11 +168,21 @@ def check_numbers(data: Any, rules: dict[str, Rule], where: str, error: type[PDD
             rule.check(value, f"{where}: field {field_name(path)!r}", error)
 
 
+def check_finite(data: Any, where: str, error: type[PDDError], path: tuple = ()) -> None:
+    """Every number anywhere in ``data`` is finite (NaN and infinities are not JSON either)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise error(f"{where}: field {field_name(path)!r} must be a finite number, got {data!r}")
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        check_finite(value, where, error, (*path, key))
+
+
 def check_schedule(data: dict[str, Any], where: str, error: type[PDDError]) -> None:
     """Check the types, ranges and shapes of a ``pdd_schedule.json`` mapping (what a reader needs
     before it loads any tensor or builds any network)."""
     _check_structure(data, where, error)
     check_numbers(data, SCHEDULE_RULES, where, error)
+    check_finite(data, where, error)  # the numbers no rule names (the run's config, ...)
     _check_stages(data["stages"], where, error)
     _check_preprocess(data["preprocess"], data["image_shape"][0], where, error)
     _check_training(data.get("training", {}), where, error)
@@ -289,12 +299,12 @@ def _check_training(training: dict, where: str, error: type[PDDError]) -> None:
 # --- config values ------------------------------------------------------------------------------
 def config_number_rule(key: str, value: Any, rule: str | None) -> Rule | None:
     """The :class:`Rule` a config field of ``rule`` (``positive``, ``non_negative`` or none) and the
-    type of ``value`` must follow: finite, within the caps (epochs: :data:`MAX_EPOCHS`)."""
+    type of ``value`` must follow: finite, within the caps (keys naming epochs: :data:`MAX_EPOCHS`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     name = key.rsplit(".", 1)[-1]
     if isinstance(value, int):
-        high = MAX_EPOCHS if name.endswith("epochs") else (MAX_SEED if name == "seed" else MAX_COUNT)
+        high = MAX_EPOCHS if "epoch" in name else (MAX_SEED if name == "seed" else MAX_COUNT)
         low = {"positive": 1, "non_negative": 0}.get(rule or "", -high)
         return Rule(int, low, high)
     low = {"positive": 0.0, "non_negative": 0.0}.get(rule or "", -MAX_MAGNITUDE)
