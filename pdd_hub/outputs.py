@@ -45,9 +45,12 @@ def acquire_output_lock(folder: str | Path) -> Path:
     if path in _held:
         _held[path][1] += 1
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        handle = open(path, "a+")  # noqa: SIM115 (kept open while the lock is held)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")  # noqa: SIM115 (kept open while the lock is held)
+        except OSError as exc:
+            raise OutputError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from exc
         if fcntl is None:
             break
         try:
@@ -94,9 +97,12 @@ def output_lock(folder: str | Path) -> Iterator[None]:
         release_output_lock(path)
 
 
-def check_writable(folder: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
+def check_writable(folder: str | Path, min_free: int | None = None) -> None:
     """Create ``folder`` if needed and make sure a file can be written in it and that its disk has
-    ``min_free`` bytes free; :class:`OutputError` otherwise. Run before any work."""
+    ``min_free`` bytes free (default :data:`MIN_FREE_BYTES`, or ``$PDD_HUB_MIN_FREE_MB``);
+    :class:`OutputError` otherwise. Run before any work."""
+    if min_free is None:
+        min_free = int(float(os.environ.get("PDD_HUB_MIN_FREE_MB", MIN_FREE_BYTES / 2**20)) * 2**20)
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -109,7 +115,7 @@ def check_writable(folder: str | Path, min_free: int = MIN_FREE_BYTES) -> None:
     if free < min_free:
         raise OutputError(
             f"the output folder {folder} has {free / 2**20:.1f} MiB free, less than the "
-            f"{min_free / 2**20:.0f} MiB this needs at the least: free some space first"
+            f"{min_free / 2**20:.1f} MiB this needs at the least: free some space first"
         )
 
 

@@ -68,7 +68,7 @@ class Rule:
             return False
         if self.kind is int and (not isinstance(value, int)):
             return False
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # (an int is finite, however large)
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
