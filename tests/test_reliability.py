@@ -629,3 +629,28 @@ def test_bad_input_found_in_a_launched_process_exits_2_without_the_launchers_tra
     )
     assert_one_clear_line(out, "could not load dataset")
     assert "CalledProcessError" not in out.stderr
+
+
+# --- what held before and must keep holding: no code runs from a file ------------------------------
+def test_yaml_python_tags_in_a_config_are_refused(tmp_path):
+    from pdd_hub.config import load_config
+
+    path = tmp_path / "evil.yaml"
+    path.write_text(f'method: !!python/object/apply:os.system ["touch {tmp_path / "pwned"}"]\n')
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_pickle_in_place_of_a_random_state_file_is_not_run(killed_run, tmp_path):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with pytest.raises(CorruptStateError, match="random_states_0.pkl is missing or damaged"):
+        _resume_copy(
+            killed_run, tmp_path, {"checkpoints/current/random_states_0.pkl": pickle.dumps(Payload())}
+        )
+    assert not (tmp_path / "pwned").exists()
