@@ -17,10 +17,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
 
-from pdd_hub.errors import ConfigError
-from pdd_hub.io import load_json, save_json, save_tensors
+from pdd_hub.errors import ConfigError, CorruptStateError
+from pdd_hub.io import load_json, load_tensors, save_json, save_tensors
+
+# What to do about a damaged checkpoint: it only holds the progress of the unfinished stage.
+CHECKPOINT_HINT = (
+    "delete the folder {folder} to restart the unfinished stage from its beginning (finished stages are "
+    "kept), or start clean with a new output folder"
+)
 
 
 class StageCheckpoint:
@@ -76,7 +81,12 @@ class StageCheckpoint:
         progress_file = self.path / "progress.json"
         if not progress_file.exists():
             return None
-        progress = load_json(progress_file)
+        hint = CHECKPOINT_HINT.format(folder=self.path)
+        progress = load_json(progress_file, hint)
+        if not isinstance(progress, dict) or not {"stage", "num_processes", "optimizer"} <= set(progress):
+            raise CorruptStateError(
+                f"{progress_file} is damaged (it lacks the stage, processes or optimizer); {hint}"
+            )
         if progress["stage"] != stage:
             return None
         if progress["num_processes"] != self.accelerator.num_processes:
@@ -85,14 +95,29 @@ class StageCheckpoint:
                 f"the checkpoint in {self.path} was written by {progress['num_processes']} process(es); "
                 f"resume it with the same number (this launch has {self.accelerator.num_processes})"
             )
+        self._check_random_states(hint)
         self.accelerator.load_state(str(self.path))
+        index = self.accelerator.process_index
         generator.set_state(
-            load_file(str(self.path / f"generator_{self.accelerator.process_index}.safetensors"))["state"]
+            load_tensors(self.path / f"generator_{index}.safetensors", ("state",), hint)["state"]
         )
-        tensors = load_file(str(self.path / "state.safetensors"))
+        tensors = load_tensors(self.path / "state.safetensors", (), hint)
         optim = {k[len("optimizer.") :]: v for k, v in tensors.items() if k.startswith("optimizer.")}
         optimizer_state_from_tensors(optimizer, optim, progress["optimizer"])
         return {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}, progress
+
+    def _check_random_states(self, hint: str) -> None:
+        # accelerate's load_state skips an unreadable random-state file with an info log; the resumed
+        # run would then no longer draw what the uninterrupted one draws, so it must stop instead
+        from accelerate.utils import load
+
+        path = self.path / f"random_states_{self.accelerator.process_index}.pkl"
+        try:
+            states = load(path)  # weights_only: plain tensors and numpy arrays, nothing is unpickled
+            if not isinstance(states, dict) or "torch_manual_seed" not in states:
+                raise ValueError("it holds no torch random state")
+        except Exception as exc:  # torch.load raises many types on a truncated file
+            raise CorruptStateError(f"{path} is missing or damaged ({exc}); {hint}") from exc
 
     def clear(self) -> None:
         self.accelerator.wait_for_everyone()

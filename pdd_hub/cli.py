@@ -14,29 +14,71 @@ Errors a user can cause print as one paragraph, without a traceback, and exit wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from pathlib import Path
 
-from pdd_hub.errors import PDDError
+from pdd_hub.errors import ConfigError, PDDError
+from pdd_hub.launch import report_user_error
+from pdd_hub.outputs import check_writable, disk_full, disk_full_message, output_lock
+from pdd_hub.validate import EPOCHS, IMAGE_SIDE, LR, SEED, Rule, positive_int
+
+# The numeric options of the commands, checked before any work (validate.Rule: range and caps).
+EVAL_OPTIONS = {
+    "seeds": positive_int(10_000),
+    "seed": SEED,
+    "epochs_per_stage": positive_int(EPOCHS.high, optional=True),
+    "image_size": positive_int(IMAGE_SIDE.high, optional=True),
+}
+SELECT_OPTIONS = {
+    "num_stages": positive_int(10_000),
+    "ipc": positive_int(),
+    "lr": LR,
+    "epochs": EPOCHS,
+    "seed": SEED,
+    "val_per_class": positive_int(),
+    "train_per_class": positive_int(optional=True),
+}
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from pdd_hub.data import load_real_data, load_split
-    from pdd_hub.evaluate import evaluate_export, random_baseline
-    from pdd_hub.hub import load_pdd
+def _check_options(args: argparse.Namespace, rules: dict[str, Rule]) -> None:
+    for name, rule in rules.items():
+        rule.check(getattr(args, name), f"--{name.replace('_', '-')}", ConfigError)
+
+
+def check_eval_args(args: argparse.Namespace) -> list[str]:
+    """The models of ``pdd-hub eval``, with its options checked (before anything is loaded)."""
     from pdd_hub.models import check_model_name
-    from pdd_hub.runtime import make_accelerator
 
     models = args.model or []
     if not models:
         raise PDDError("give at least one --model (any timm model name, e.g. convnet_d3 or resnet18_cifar)")
-    if args.seeds < 1:
-        raise PDDError(f"--seeds must be at least 1, got {args.seeds}")
+    _check_options(args, EVAL_OPTIONS)
     for name in models:
-        check_model_name(name)  # fail before loading anything
+        check_model_name(name)
+    return models
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pdd_hub.runtime import make_accelerator
+
+    models = check_eval_args(args)
     accelerator = make_accelerator(cpu=args.cpu)
+    output = Path(args.output)
+    with contextlib.ExitStack() as stack:
+        if accelerator.is_main_process:  # one evaluation per output at a time, and it can be written
+            stack.enter_context(output_lock(output))
+            check_writable(output.parent, min_free=2**20)
+        return _evaluate(args, models, accelerator, output)
+
+
+def _evaluate(args: argparse.Namespace, models: list[str], accelerator, output: Path) -> int:
+    from pdd_hub.data import load_real_data, load_split
+    from pdd_hub.evaluate import evaluate_export, random_baseline
+    from pdd_hub.hub import load_pdd
+
     pdd = load_pdd(args.synthetic, revision=args.revision)
     # by default, the real data is read the way it was read for distillation
     test_split = args.test_split or pdd.schedule.source.get("test_split") or "test"
@@ -75,7 +117,6 @@ def _eval(args: argparse.Namespace) -> int:
         report.accuracies.update(extra.accuracies)
     if accelerator.is_main_process:
         print(report.to_markdown())
-        output = Path(args.output)
         report.save_json(output)
         plot = Path(args.plot) if args.plot else output.with_suffix(".png")
         report.save_plot(plot)
@@ -101,25 +142,38 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _select(args: argparse.Namespace) -> int:
+def _pairs(items: list[str] | None, what: str) -> dict:
     import yaml
 
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PDDError(f"{what} {item!r} is not of the form key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _select(args: argparse.Namespace) -> int:
+    from pdd_hub.config import ScoringConfig, _build, _check_rules
+    from pdd_hub.selection.select import build_selector
+
+    _check_options(args, SELECT_OPTIONS)
+    build_selector(args.method, _pairs(args.param, "--param"))  # its settings, checked before any work
+    scoring = _build(ScoringConfig, _pairs(args.scoring, "--scoring"), prefix="scoring.")
+    _check_rules(scoring, prefix="scoring.")
+    with output_lock(args.output):  # one writer of the export at a time, and it can be written
+        check_writable(Path(args.output).parent)
+        return _select_and_export(args, scoring)
+
+
+def _select_and_export(args: argparse.Namespace, scoring) -> int:
     from pdd_hub.augment import DEFAULT_STRATEGY
-    from pdd_hub.config import ScoringConfig, _build
     from pdd_hub.data import Preprocess, load_real_data
     from pdd_hub.rng import stream
     from pdd_hub.runtime import make_accelerator
     from pdd_hub.selection.select import select_and_export
     from pdd_hub.train import TrainingRecipe
-
-    def pairs(items: list[str], what: str) -> dict:
-        out = {}
-        for item in items or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise PDDError(f"{what} {item!r} is not of the form key=value")
-            out[key] = yaml.safe_load(value)
-        return out
 
     real = load_real_data(
         args.real,
@@ -140,8 +194,8 @@ def _select(args: argparse.Namespace) -> int:
         method=args.method,
         num_stages=args.num_stages,
         ipc=args.ipc,
-        options=pairs(args.param, "--param"),
-        scoring=_build(ScoringConfig, pairs(args.scoring, "--scoring"), prefix="scoring."),
+        options=_pairs(args.param, "--param"),
+        scoring=scoring,
         recipe=TrainingRecipe(lr=args.lr, epochs=args.epochs, augment=f"dsa:{DEFAULT_STRATEGY}"),
         seed=args.seed,
         accelerator=make_accelerator(),
@@ -181,8 +235,18 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from pdd_hub.hub import push_to_hub
+    from pdd_hub.hub import export_files, push_to_hub
 
+    if args.dry_run:
+        files, skipped = export_files(args.folder)
+        total = sum((Path(args.folder) / f).stat().st_size for f in files)
+        print(
+            f"would upload {len(files)} files ({total / 2**20:.2f} MiB) to the dataset repo {args.repo_id}:"
+        )
+        print("\n".join(f"  {f}" for f in files))
+        if skipped:
+            print("not uploaded (not part of the export format): " + ", ".join(skipped))
+        return 0
     url = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision)
     print(f"pushed {args.folder} to {args.repo_id}: {url}")
     return 0
@@ -214,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("repo_id")
     pu.add_argument("--private", action="store_true")
     pu.add_argument("--revision", default=None)
+    pu.add_argument("--dry-run", action="store_true", help="list the files push would upload, upload nothing")
     pu.set_defaults(func=_push)
     return parser
 
@@ -302,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["distill"]:  # everything after it is the config parser's (--config, key=value, --help)
         return _distill(argparse.Namespace(args=argv[1:]))
+    if argv[:1] == ["launch"]:  # everything after it is accelerate launch's, then the command's
+        return _launch(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
@@ -310,9 +377,31 @@ def main(argv: list[str] | None = None) -> int:
 
             configure_threads()
         return args.func(args)
-    except PDDError as exc:
-        print(f"pdd-hub {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        return user_error(exc, f"pdd-hub {args.command}: error: ")
+
+
+def user_error(exc: Exception, prefix: str) -> int:
+    """Print an error the user can fix (a :class:`PDDError`, a full disk) as one paragraph and return
+    exit status 2; re-raise anything else."""
+    if isinstance(exc, PDDError):
+        message = str(exc)
+    elif disk_full(exc):
+        message = disk_full_message(exc)
+    else:
+        raise exc
+    print(prefix + message, file=sys.stderr)
+    report_user_error(message)
+    return 2
+
+
+def _launch(argv: list[str]) -> int:
+    from pdd_hub.launch import launch
+
+    try:
+        return launch(argv)
+    except Exception as exc:
+        return user_error(exc, "pdd-hub launch: error: ")
 
 
 if __name__ == "__main__":

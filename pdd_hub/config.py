@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from pdd_hub.errors import ConfigError, UnknownNameError
+from pdd_hub.validate import config_number_rule
 
 
 # --- field rules ---------------------------------------------------------------------------------
@@ -439,6 +441,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
     if hint is int:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
         return int(value)
@@ -488,14 +492,10 @@ def _check_rules(section: Any, prefix: str) -> None:
         value, key, rule = getattr(section, f.name), prefix + f.name, f.metadata.get("rule")
         if dataclasses.is_dataclass(value) and f.name not in ("method_config", "init_config"):
             _check_rules(value, f"{key}.")
-        elif value is None or rule is None:
+        elif value is None:
             continue
-        elif rule == "positive" and value <= 0:
-            raise ConfigError(f"config key {key!r} must be positive, got {value!r}")
-        elif rule == "non_negative" and value < 0:
-            raise ConfigError(f"config key {key!r} must not be negative, got {value!r}")
-        elif rule == "fraction" and not 0 <= value <= 1:
-            raise ConfigError(f"config key {key!r} must lie in [0, 1], got {value!r}")
+        elif (number := config_number_rule(key, value, rule)) is not None:
+            number.check(value, f"config key {key!r}", ConfigError)  # finite, in range, below the caps
         elif rule == "choice" and value not in f.metadata["choices"]:
             raise ConfigError(
                 f"config key {key!r} must be one of {list(f.metadata['choices'])}, got {value!r}"

@@ -41,3 +41,12 @@ class DistillationDivergedError(PDDError, RuntimeError):
 
 class UnknownNameError(PDDError, ValueError):
     """A name (of a base method, a selection method, ...) that no registry entry has."""
+
+
+class CorruptStateError(PDDError, ValueError):
+    """A file pdd-hub wrote earlier (checkpoint, stage, preprocessing, progress, evaluation run) is
+    damaged: truncated by a full disk, overwritten, or from another program."""
+
+
+class OutputError(PDDError, OSError):
+    """An output folder cannot be used: locked by another run, not writable, or its disk is full."""

@@ -9,7 +9,6 @@ started again, so an interrupted multi-hour evaluation only redoes the run it wa
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from pdd_hub.data.images import ImageSet
-from pdd_hub.errors import DatasetFormatError
+from pdd_hub.errors import CorruptStateError, DatasetFormatError
 from pdd_hub.hub import PDDDataset, SyntheticStage, stage_checksum
 from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
@@ -81,10 +80,8 @@ class EvalReport:
         }
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        """Write the report atomically (a failed write keeps the previous one)."""
+        return save_json(self.to_dict(), path, strict=True)
 
     def save_plot(self, path: str | Path) -> Path:
         from pdd_hub.viz import plot_accuracy_per_stage
@@ -167,8 +164,12 @@ def _saved_run(runs_dir: Path | None, key: dict) -> list[float] | None:
     path = _run_file(runs_dir, key["model"], key["seed"])
     if not path.exists():
         return None
-    saved = load_json(path)
-    return saved["accuracy"] if saved.get("key") == key else None
+    hint = "delete it to train that run again, or run without reusing saved runs (--no-resume)"
+    saved = load_json(path, hint)
+    accuracy = saved.get("accuracy") if isinstance(saved, dict) else None
+    if not isinstance(accuracy, list) or not all(isinstance(a, (int, float)) for a in accuracy):
+        raise CorruptStateError(f"{path} is damaged (no list of accuracies); {hint}")
+    return accuracy if saved.get("key") == key else None
 
 
 @dataclass

@@ -16,9 +16,10 @@ An export is a folder in Hugging Face Hub dataset layout::
 
 from __future__ import annotations
 
-import json
+import glob
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -27,11 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pdd_hub.data.transforms import Preprocess
 from pdd_hub.errors import ExportFormatError, ExportNotFoundError, HubPushError
-from pdd_hub.io import tensors_sha256
+from pdd_hub.io import load_tensors, read_json, save_json, tensors_sha256
+from pdd_hub.outputs import check_writable, output_lock
+from pdd_hub.validate import check_literal_path, check_schedule, confined_file
 
 if TYPE_CHECKING:
     from pdd_hub.train import TrainingRecipe
@@ -45,6 +48,16 @@ CARD_FILE = "README.md"
 DATA_DIR = "data"
 GRID_DIR = "images"
 CARD_TEMPLATE = "pdd_dataset_card.md"
+# The files of the export format, the one place that names them (fnmatch patterns, as
+# huggingface_hub's allow_patterns takes them): `push` uploads these and nothing else, a download
+# fetches these and nothing else.
+EXPORT_PATTERNS = (
+    CARD_FILE,
+    SCHEDULE_FILE,
+    PREPROCESS_FILE,
+    f"{DATA_DIR}/stage_*-*.parquet",
+    f"{GRID_DIR}/stage_*.png",
+)
 
 
 @dataclass
@@ -120,18 +133,19 @@ class Schedule:
         return {k: data[k] for k in order}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+    def from_dict(cls, data: dict[str, Any], where: str = SCHEDULE_FILE) -> Schedule:
+        """The schedule of a ``pdd_schedule.json`` mapping, checked by :func:`check_schedule` first
+        (``where`` names the file in the messages)."""
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ExportFormatError(
-                f"{SCHEDULE_FILE} has format_version {version!r}, but this pdd-hub reads format_version "
+                f"{where} has format_version {version!r}, but this pdd-hub reads format_version "
                 f"{FORMAT_VERSION}; upgrade pdd-hub (pip install -U pdd-hub) or re-export the dataset"
             )
         missing = [k for k in ("stages", "class_names", "image_shape", "preprocess") if k not in data]
         if missing:
-            raise ExportFormatError(f"{SCHEDULE_FILE} lacks required keys {missing}")
-        if not data["stages"]:
-            raise ExportFormatError(f"{SCHEDULE_FILE} lists no stages")
+            raise ExportFormatError(f"{where} lacks required keys {missing}")
+        check_schedule(data, where, ExportFormatError)
         return cls(
             stages=[StageSpec.from_dict(s) for s in data["stages"]],
             class_names=list(data["class_names"]),
@@ -243,13 +257,54 @@ def export_pdd(
     title: str | None = None,
 ) -> Path:
     """Write an export to ``folder`` atomically: everything goes to a temporary sibling folder that
-    replaces ``folder`` only once complete, so a crash never leaves a half-written export."""
-    import datasets
-
+    replaces ``folder`` only once complete, so a crash never leaves a half-written export. The schedule
+    is checked and stripped of local paths first; a second writer of ``folder`` is refused."""
     folder = Path(folder)
     _check_stages_match(schedule, stages)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_export(folder)
+    schedule = schedule_to_publish(schedule, folder)
+    with output_lock(folder):
+        check_writable(folder.parent, min_free=_export_bytes(stages))
+        recover_interrupted_export(folder)
+        _write_export(folder, schedule, stages, preprocess, title)
+    return folder
+
+
+def schedule_to_publish(schedule: Schedule, folder: Path) -> Schedule:
+    """``schedule`` without local paths (an absolute path in ``source`` or ``config`` becomes its last
+    component: it would be published), checked as a reader will check it."""
+    schedule = replace(schedule, source=publishable(schedule.source), config=publishable(schedule.config))
+    check_schedule(
+        schedule.to_dict(), f"the schedule to write to {folder / SCHEDULE_FILE}", ExportFormatError
+    )
+    return schedule
+
+
+def publishable(value: Any) -> Any:
+    """``value`` (JSON-like) with every absolute local path (``/...``, ``~...``, ``C:\\...``)
+    replaced by its last component."""
+    if isinstance(value, dict):
+        return {k: publishable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [publishable(v) for v in value]
+    if isinstance(value, str) and (os.path.isabs(value) or re.match(r"^(~|[A-Za-z]:[\\/])", value)):
+        return Path(value.replace("\\", "/")).name or value
+    return value
+
+
+def _export_bytes(stages: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    # the float32 images twice (parquet, and the previous export until the swap) and their previews
+    return sum(3 * images.numel() * 4 for images, _ in stages) + 2**20
+
+
+def _write_export(
+    folder: Path,
+    schedule: Schedule,
+    stages: list[tuple[torch.Tensor, torch.Tensor]],
+    preprocess: Preprocess,
+    title: str | None,
+) -> None:
+    import datasets
+
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -285,8 +340,7 @@ def export_pdd(
             replace(spec, sha256=stage_checksum(*stage)) for spec, stage in zip(schedule.stages, stages)
         ]
         schedule = replace(schedule, stages=checked)
-        with open(tmp / SCHEDULE_FILE, "w") as f:
-            json.dump(schedule.to_dict(), f, indent=2)
+        save_json(schedule.to_dict(), tmp / SCHEDULE_FILE, strict=True)
         tensors = preprocess.tensors()
         if tensors:
             save_file(tensors, str(tmp / PREPROCESS_FILE))
@@ -295,7 +349,6 @@ def export_pdd(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def _check_stages_match(schedule: Schedule, stages: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -336,12 +389,21 @@ def _swap_into_place(tmp: Path, folder: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def backups_of(folder: Path) -> list[Path]:
+    """The backups ``_swap_into_place`` leaves beside ``folder`` (``.NAME.old-<8 hex digits>``), by
+    exact name: neither another export's backup nor glob characters in NAME can match."""
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.old-[0-9a-f]{{8}}")
+    if not folder.parent.is_dir():
+        return []
+    return [p for p in folder.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
+
+
 def recover_interrupted_export(folder: str | Path) -> bool:
     """If a previous export died between its two renames, put the previous export back."""
     folder = Path(folder)
     if folder.exists() or not folder.parent.exists():
         return False
-    backups = sorted(folder.parent.glob(f".{folder.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    backups = sorted(backups_of(folder), key=lambda p: p.stat().st_mtime)
     if not backups:
         return False
     os.rename(backups[-1], folder)
@@ -407,8 +469,9 @@ def resolve_export(
     if path.exists():
         if not path.is_dir():
             raise ExportNotFoundError(f"{path} is a file; a pdd-hub export is a folder")
+        check_literal_path(path, "export folder", ExportFormatError)
         return path
-    backups = list(path.parent.glob(f".{path.name}.old-*")) if path.parent.exists() else []
+    backups = backups_of(path)
     if backups:
         # Only the writer restores a backup: a reader doing it could break an export in progress.
         raise ExportNotFoundError(
@@ -422,7 +485,14 @@ def resolve_export(
 
     try:
         return Path(
-            snapshot_download(repo_id, repo_type="dataset", revision=revision, endpoint=endpoint, token=token)
+            snapshot_download(
+                repo_id,
+                repo_type="dataset",
+                revision=revision,
+                endpoint=endpoint,
+                token=token,
+                allow_patterns=list(EXPORT_PATTERNS),  # the export's files, no junk
+            )
         )
     except Exception as exc:
         raise ExportNotFoundError(
@@ -436,20 +506,17 @@ def read_schedule(folder: str | Path) -> Schedule:
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportNotFoundError(f"no export folder at {folder}")
-    schedule_path = folder / SCHEDULE_FILE
+    schedule_path = export_file(folder, SCHEDULE_FILE, f"the schedule {SCHEDULE_FILE}")
     if not schedule_path.exists():
         raise ExportFormatError(
             f"{folder} is not a complete pdd-hub export: it has no {SCHEDULE_FILE} "
             f"(found: {sorted(p.name for p in folder.iterdir())})"
         )
-    try:
-        data = json.loads(schedule_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ExportFormatError(f"{schedule_path} is not valid JSON: {exc}") from exc
+    data = read_json(schedule_path, ExportFormatError, strict=False)  # NaN is refused by field, below
     if not isinstance(data, dict):
         raise ExportFormatError(f"{schedule_path} must hold a JSON object, not {type(data).__name__}")
     try:
-        return Schedule.from_dict(data)
+        return Schedule.from_dict(data, where=str(schedule_path))
     except ExportFormatError:
         raise
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
@@ -469,12 +536,14 @@ def load_pdd(
     token: str | None = None,
 ) -> PDDDataset:
     """Load an export from a folder or a Hub dataset repo id, checking that splits, schedule, shapes
-    and labels agree; raises :class:`ExportFormatError` naming what is wrong otherwise."""
+    and labels agree; raises :class:`ExportFormatError` naming what is wrong otherwise. Every file it
+    reads must lie inside the export folder (no absolute path, ``..`` or link out of it)."""
     import datasets
 
     folder = resolve_export(path_or_repo_id, revision, endpoint=endpoint, token=token)
     schedule = read_schedule(folder)
     _check_data_files(folder, schedule)
+    _check_card_splits(folder, schedule)
     # A private, throw-away datasets cache: datasets' shared cache of a local folder with README
     # `configs:` is keyed by the folder's name only, so a re-export would be read back stale.
     with tempfile.TemporaryDirectory(prefix="pdd_hub_load_") as cache_dir:
@@ -493,31 +562,94 @@ def load_pdd(
     return PDDDataset(schedule=schedule, stages=stages, preprocess=preprocess, path=folder)
 
 
+def export_root(folder: Path) -> Path:
+    """The folder every file of the export ``folder`` must lie in: ``folder`` itself, or for a Hub
+    cache snapshot (``.../snapshots/<commit>``, whose files link into ``../../blobs``) the repo's cache."""
+    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+        return folder.parent.parent
+    return folder
+
+
+def export_file(folder: Path, relative: Any, name: str) -> Path:
+    """``folder / relative``, refused unless it is a regular file inside the export (``name``: the
+    field or file this path comes from, for the message)."""
+    return confined_file(export_root(folder), folder, relative, name, ExportFormatError)
+
+
 def _check_data_files(folder: Path, schedule: Schedule) -> None:
     data_dir = folder / DATA_DIR
     for spec in schedule.stages:
-        if not list(data_dir.glob(f"{spec.split}-*.parquet")):
+        files = sorted(data_dir.glob(f"{glob.escape(spec.split)}-*")) if data_dir.is_dir() else []
+        if not [f for f in files if f.suffix == ".parquet"]:
             raise ExportFormatError(
                 f"{folder} is incomplete: split {spec.split!r} listed in {SCHEDULE_FILE} has no data file "
                 f"{DATA_DIR}/{spec.split}-*.parquet"
             )
+        for file in files:  # what datasets will read for the split
+            export_file(folder, f"{DATA_DIR}/{file.name}", f"data file of split {spec.split!r}")
+
+
+def _check_card_splits(folder: Path, schedule: Schedule) -> None:
+    """The card's ``configs:`` decide what datasets reads: they must name exactly the files of the
+    schedule's stages (``data/stage_K-*``), in order, and nothing outside the folder."""
+    import yaml
+    from huggingface_hub import DatasetCard
+
+    path = export_file(folder, CARD_FILE, f"the dataset card {CARD_FILE}")
+    if not path.exists():
+        raise ExportFormatError(f"{folder} is incomplete: it has no {CARD_FILE} (the card lists the splits)")
+    try:
+        configs = DatasetCard.load(path).data.to_dict().get("configs") or []
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ExportFormatError(f"{path}: its YAML header cannot be read ({exc})") from exc
+    entries = configs[0].get("data_files") if len(configs) == 1 and isinstance(configs[0], dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ExportFormatError(
+            f"{path}: field 'configs' must list one config with data_files, got {configs!r}"
+        )
+    for i, entry in enumerate(entries):
+        split = entry.get("split")
+        if entry.get("path") != f"{DATA_DIR}/{split}-*":
+            raise ExportFormatError(
+                f"{path}: field 'configs[0].data_files[{i}].path' must be {f'{DATA_DIR}/{split}-*'!r} "
+                f"(the split's files in the export folder), got {entry.get('path')!r}"
+            )
+    found = [entry.get("split") for entry in entries]
+    if found != schedule.split_names:
+        raise ExportFormatError(
+            f"{folder}: the dataset's splits {found} do not match the stages of {SCHEDULE_FILE} "
+            f"{schedule.split_names}"
+        )
 
 
 def _read_preprocess(folder: Path, schedule: Schedule) -> Preprocess:
     tensors: dict[str, torch.Tensor] = {}
     zca = schedule.preprocess.get("zca")
     if zca:
-        tensor_file = folder / zca.get("file", PREPROCESS_FILE)
+        field_name = f"{folder / SCHEDULE_FILE}: field 'preprocess.zca.file'"
+        tensor_file = export_file(folder, zca.get("file", PREPROCESS_FILE), field_name)
+        if zca.get("file", PREPROCESS_FILE) != PREPROCESS_FILE:
+            raise ExportFormatError(f"{field_name} must be {PREPROCESS_FILE!r}, got {zca.get('file')!r}")
         if not tensor_file.exists():
             raise ExportFormatError(f"{folder} is incomplete: ZCA is used but {tensor_file.name} is missing")
-        tensors = load_file(str(tensor_file))
+        tensors = load_tensors(
+            tensor_file,
+            ("zca.mean", "zca.whiten", "zca.unwhiten"),
+            hint="the export is damaged: export it again, or download it again",
+        )
     preprocess = Preprocess.from_config(schedule.preprocess, tensors)
     dim = int(torch.tensor(schedule.image_shape).prod())
-    if preprocess.zca is not None and preprocess.zca.whiten.shape != (dim, dim):
-        raise ExportFormatError(
-            f"{PREPROCESS_FILE}: ZCA matrix is {tuple(preprocess.zca.whiten.shape)}, expected {(dim, dim)} "
-            f"for images of shape {tuple(schedule.image_shape)}"
-        )
+    if preprocess.zca is not None:
+        zca_tensors = (preprocess.zca.mean, preprocess.zca.whiten, preprocess.zca.unwhiten)
+        if preprocess.zca.whiten.shape != (dim, dim):
+            raise ExportFormatError(
+                f"{PREPROCESS_FILE}: ZCA matrix is {tuple(preprocess.zca.whiten.shape)}, "
+                f"expected {(dim, dim)} for images of shape {tuple(schedule.image_shape)}"
+            )
+        if not all(torch.isfinite(t).all() for t in zca_tensors):
+            raise ExportFormatError(
+                f"{folder / PREPROCESS_FILE}: the ZCA tensors hold NaN or infinite values"
+            )
     return preprocess
 
 
@@ -556,6 +688,12 @@ def _read_stage(ds, spec: StageSpec, schedule: Schedule) -> SyntheticStage:
             f"split {spec.split!r}: expected {spec.ipc} images of each class, found counts {counts.tolist()}"
         )
     images = images.float().contiguous()
+    bad = (~torch.isfinite(images.flatten(1))).any(1).nonzero().flatten()
+    if len(bad):
+        raise ExportFormatError(
+            f"split {spec.split!r}: row {int(bad[0])} holds NaN or infinite pixel values "
+            f"({len(bad)} such rows)"
+        )
     if spec.sha256 is not None and stage_checksum(images, labels) != spec.sha256:
         raise ExportFormatError(
             f"split {spec.split!r} does not match its sha256 in {SCHEDULE_FILE}: its data file was changed "
@@ -565,6 +703,86 @@ def _read_stage(ds, spec: StageSpec, schedule: Schedule) -> SyntheticStage:
 
 
 # --- pushing ------------------------------------------------------------------------------------
+MAX_FILE_BYTES = 50 * 10**9  # the Hub's limit for one file
+
+
+def export_files(folder: str | Path) -> tuple[list[str], list[str]]:
+    """``(files, others)``: the files of the export format in ``folder`` (relative POSIX paths matching
+    :data:`EXPORT_PATTERNS`, what ``push`` uploads) and every other entry, which stays local. An
+    export file that is a link or not a regular file raises :class:`ExportFormatError`: its content
+    could come from anywhere on this machine."""
+    import fnmatch
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportNotFoundError(f"no export folder at {folder}")
+    files, others = [], []
+    for directory, folders, names in os.walk(folder):  # never descends into linked folders
+        for name in sorted(folders + names):
+            path = Path(directory) / name
+            relative = path.relative_to(folder).as_posix()
+            depth = relative.count("/")
+            if not any(fnmatch.fnmatchcase(relative, p) and p.count("/") == depth for p in EXPORT_PATTERNS):
+                if path.is_symlink() or not path.is_dir():
+                    others.append(relative + (" (link)" if path.is_symlink() else ""))
+                continue
+            if path.is_symlink() or not path.is_file():
+                raise ExportFormatError(
+                    f"{path} is {'a link' if path.is_symlink() else 'not a regular file'}: push uploads the "
+                    "export's own files only; replace it with the file itself (export again)"
+                )
+            files.append(relative)
+    return sorted(files), sorted(others)
+
+
+def check_push(folder: Path, repo_id: str, api: Any) -> tuple[PDDDataset, list[str]]:
+    """Everything a push needs, checked before anything is created on the Hub: the export loads,
+    its files (:func:`export_files`) are regular files within the Hub's size limit, the token works."""
+    pdd = load_pdd(folder)  # never publish an export that does not load
+    files, _ = export_files(folder)
+    for name in files:
+        size = (folder / name).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise HubPushError(f"{folder / name} has {size} bytes, more than the Hub takes in one file")
+    try:
+        api.whoami()
+    except Exception as exc:
+        cause = push_failure_cause(exc, repo_id, None)
+        raise HubPushError(f"cannot push {folder} to the dataset repo {repo_id!r}: {cause}") from exc
+    return pdd, files
+
+
+def push_failure_cause(exc: Exception, repo_id: str, revision: str | None) -> str:
+    """What the user should know about a failed Hub call: the cause, not only the HTTP error."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, LocalTokenNotFoundError):
+        return "no Hub token: log in (`hf auth login`) or set HF_TOKEN"
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "huggingface_hub is offline (HF_HUB_OFFLINE is set): unset it to push"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"the branch {revision!r} does not exist in {repo_id!r}: create it, or push without --revision"
+    if not isinstance(exc, HfHubHTTPError):
+        return f"the Hub could not be reached ({type(exc).__name__}: {exc}); check the network"
+    status = exc.response.status_code if exc.response is not None else None
+    causes = {
+        401: "the Hub refused the token (invalid or expired): log in again (`hf auth login`) or set HF_TOKEN",
+        403: f"the token may not write to {repo_id!r}: use a token with write access to its namespace",
+        404: f"the Hub does not know {repo_id!r} or its revision {revision or 'main'!r}",
+        413: "the Hub refused a file as too large",
+    }
+    if status in causes:
+        return causes[status]
+    if status is not None and status >= 500:
+        return f"the Hub failed (HTTP {status}); try again later"
+    return f"the Hub answered HTTP {status}: {str(exc).splitlines()[0]}"
+
+
 def push_to_hub(
     folder: str | Path,
     repo_id: str,
@@ -575,15 +793,18 @@ def push_to_hub(
     endpoint: str | None = None,
     commit_message: str | None = None,
 ) -> str:
-    """Validate the export, then ``create_repo`` + ``upload_folder`` it as a dataset repo. The token
-    comes from ``token``, ``HF_TOKEN`` or the cached login, and is never written anywhere."""
+    """Check (:func:`check_push`), then ``create_repo`` + ``upload_folder`` the export's files (and no
+    other) as a dataset repo. A repo this push created is deleted again if the upload fails, so no
+    empty repo is left behind. The token comes from ``token``, ``HF_TOKEN`` or the cached login, and
+    is never written anywhere."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
-    pdd = load_pdd(folder)  # never publish an export that does not load
     api = HfApi(endpoint=endpoint, token=token)
+    pdd, files = check_push(folder, repo_id, api)
+    created = False
     try:
+        created = not api.repo_exists(repo_id, repo_type="dataset")
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id,
@@ -592,14 +813,22 @@ def push_to_hub(
             revision=revision,
             commit_message=commit_message
             or f"pdd-hub export: {pdd.num_stages} stages ({pdd.schedule.method})",
+            allow_patterns=files,  # exactly the files checked above
             # a re-push with fewer stages must not leave stale splits behind
             delete_patterns=[f"{DATA_DIR}/*", f"{GRID_DIR}/*"],
         )
     except Exception as exc:  # HTTP errors, refused connections, offline mode: all the user's to fix
-        hint = (
-            "log in (`hf auth login` or HF_TOKEN) with write access"
-            if isinstance(exc, HfHubHTTPError)
-            else ("check the network (HF_HUB_OFFLINE must not be set)")
-        )
-        raise HubPushError(f"pushing {folder} to the dataset repo {repo_id!r} failed: {exc}; {hint}") from exc
+        cleanup = _delete_new_repo(api, repo_id) if created else ""
+        cause = push_failure_cause(exc, repo_id, revision)
+        raise HubPushError(
+            f"pushing {folder} to the dataset repo {repo_id!r} failed: {cause}{cleanup}"
+        ) from exc
     return str(getattr(info, "commit_url", info))
+
+
+def _delete_new_repo(api: Any, repo_id: str) -> str:
+    try:
+        api.delete_repo(repo_id, repo_type="dataset")
+    except Exception as exc:  # the push already failed; say what is left behind
+        return f" (the repo this push created could not be deleted: {type(exc).__name__}; delete it by hand)"
+    return " (the repo this push created was deleted again)"

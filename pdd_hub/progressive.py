@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from safetensors.torch import load_file
 
 from pdd_hub.config import PDDConfig, init_selection
 from pdd_hub.distill import StageResult, distill_stage
 from pdd_hub.forgetting import stage_pool
-from pdd_hub.io import save_tensors
+from pdd_hub.io import load_tensors, save_tensors
 from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.methods.base import StageContext
 from pdd_hub.params import flat_params, network_from
@@ -312,7 +311,7 @@ def train_and_keep(
     processes and stacked into ``path``; each network is kept as soon as it is trained, so an
     interrupted call resumes. Returns them from ``path`` if it is there."""
     if run.exists_on_all(path):
-        return load_file(str(path))["states"]
+        return load_tensors(path, ("states",))["states"]
     parts = path.with_suffix(".parts")
     count, acc = len(states), run.accelerator
     mine = list(range(acc.process_index, count, acc.num_processes))
@@ -326,7 +325,9 @@ def train_and_keep(
         for i, state in zip(group, trained, strict=True):
             save_tensors({"state": state}, parts / f"{i:04d}.safetensors")
     acc.wait_for_everyone()
-    stacked = torch.stack([load_file(str(parts / f"{i:04d}.safetensors"))["state"] for i in range(count)])
+    stacked = torch.stack(
+        [load_tensors(parts / f"{i:04d}.safetensors", ("state",))["state"] for i in range(count)]
+    )
     if acc.is_main_process:
         save_tensors({"states": stacked}, path)
     acc.wait_for_everyone()

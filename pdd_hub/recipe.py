@@ -4,14 +4,13 @@ Accelerator, clean error reporting, and the distillation job itself."""
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from pdd_hub.config import PDDConfig, parse_recipe_args
-from pdd_hub.errors import ConfigError, PDDError
+from pdd_hub.errors import ConfigError
 from pdd_hub.runtime import configure_threads, make_accelerator, process_state
 
 
@@ -66,7 +65,8 @@ def recipe_main(argv: list[str], job: Callable[[PDDConfig], object]) -> int:
         config = parse_recipe_args(argv)
         configure_threads(config.num_threads)
         job(config)
-    except PDDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # bad input and a full disk: one paragraph, status 2; the rest re-raised
+        from pdd_hub.cli import user_error
+
+        return user_error(exc, "error: ")
     return 0

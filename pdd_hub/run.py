@@ -23,6 +23,7 @@ finished stages, start states and the export.
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,23 +31,25 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file
+from accelerate.utils import broadcast_object_list
 
 from pdd_hub.augment import build_augment
 from pdd_hub.checkpoint import StageCheckpoint
 from pdd_hub.config import PDDConfig, config_from_dict, flatten_config, save_config, unused_sections
 from pdd_hub.data import ImageSet, Preprocess, PreprocessedImages, RealData, load_real_data
-from pdd_hub.errors import ConfigError, ModelNotFoundError
+from pdd_hub.errors import ConfigError, CorruptStateError, ExportFormatError, ModelNotFoundError, OutputError
 from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
-from pdd_hub.io import load_json, save_json, save_tensors
+from pdd_hub.io import RUN_FILE_HINT, load_json, load_tensors, save_json, save_tensors
 from pdd_hub.methods.experts import ExpertSet
 from pdd_hub.models import check_model_builds
+from pdd_hub.outputs import acquire_output_lock, check_writable, release_output_lock
 from pdd_hub.params import build_network, flat_params
 from pdd_hub.registry import METHODS
 from pdd_hub.rng import stream, stream_seed
 from pdd_hub.runtime import batch_networks_by_default
 from pdd_hub.scoring import RealExamples, train_scoring_networks
 from pdd_hub.train import TrainingRecipe
+from pdd_hub.validate import PREPROCESS_RULES, check_numbers
 from pdd_hub.viz import plot_accuracy_per_stage, plot_validation_curves, save_image_grid
 
 logger = logging.getLogger(__name__)
@@ -131,6 +134,15 @@ class FinishedStage:
     info: dict = field(default_factory=dict)  # what else the stage's record holds (pool, init images)
 
 
+def preprocess_from_run_files(json_path: Path, config: Any, tensors: dict[str, torch.Tensor]) -> Preprocess:
+    """The run's saved preprocessing (``preprocess.json`` + ``.safetensors``), checked as an export's."""
+    try:
+        check_numbers(config, PREPROCESS_RULES, str(json_path), ExportFormatError)
+        return Preprocess.from_config(config, tensors)
+    except (ExportFormatError, TypeError, AttributeError) as exc:
+        raise CorruptStateError(f"{json_path} is damaged ({exc}); {RUN_FILE_HINT}") from exc
+
+
 class Run:
     """A run folder plus the data every stage needs, on the accelerator's device."""
 
@@ -139,6 +151,7 @@ class Run:
         self.accelerator = accelerator
         self.layout = RunLayout(Path(config.output_dir))
         self.device = accelerator.device
+        self._claim_output_dir()
         self._check_or_write_config()
         with accelerator.main_process_first():  # one process decodes and caches, the others read
             self.real: RealData = load_real_data(
@@ -242,6 +255,23 @@ class Run:
                 f"class has only {fewest} (after val_per_class / train_per_class): lower ipc_per_stage"
             )
 
+    def _claim_output_dir(self) -> None:
+        """Lock the run folder for this run (a second run on it stops at once, naming this one's pid)
+        and check that it can be written and has free space, before any work. The main process does
+        it; the others stop with the same error."""
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                lock = acquire_output_lock(self.dir)
+                weakref.finalize(self, release_output_lock, lock)  # held as long as this run
+                check_writable(self.dir)
+            except OutputError as exc:
+                error = str(exc)
+        if self.accelerator.num_processes > 1:
+            error = broadcast_object_list([error])[0]
+        if error is not None:
+            raise OutputError(error)
+
     def _check_or_write_config(self) -> None:
         path = self.layout.config_file
         if path.exists():
@@ -276,8 +306,8 @@ class Run:
     def _fit_or_load_preprocess(self) -> Preprocess:
         json_path, tensor_path = self.layout.preprocess_files
         if self.exists_on_all(json_path):
-            tensors = load_file(str(tensor_path)) if tensor_path.exists() else {}
-            return Preprocess.from_config(load_json(json_path), tensors)
+            tensors = load_tensors(tensor_path) if tensor_path.exists() else {}
+            return preprocess_from_run_files(json_path, load_json(json_path), tensors)
         cfg = self.config
         if self.accelerator.is_main_process:
             logger.info(
@@ -308,7 +338,7 @@ class Run:
         """Stage 1 starts from ``count`` seeded random initialisations of the distillation network."""
         path = self.layout.start_states_file(1)
         if self.exists_on_all(path):
-            states = load_file(str(path))["states"]
+            states = load_tensors(path, ("states",))["states"]
             if len(states) == count:
                 return states
             self.accelerator.wait_for_everyone()
@@ -331,8 +361,15 @@ class Run:
         path = self.layout.stage_file(stage)
         if not path.exists():
             return None
-        tensors = load_file(str(path))
-        return tensors["images"], tensors["labels"], load_json(self.layout.stage_record(stage))
+        tensors = load_tensors(path, ("images", "labels"))
+        record_path = self.layout.stage_record(stage)
+        record = load_json(record_path) if record_path.exists() else None
+        if not isinstance(record, dict) or not {"lr", "val_acc"} <= set(record):
+            raise CorruptStateError(
+                f"{record_path} is missing or damaged (the record of finished stage {stage}, beside "
+                f"{path.name}): delete both to recompute the stage, or start clean with a new output folder"
+            )
+        return tensors["images"], tensors["labels"], record
 
     def save_finished(self, stage: int, finished: FinishedStage, history: list[dict]) -> None:
         """Keep stage ``stage`` (stored images, labels, learned LR, validation history), draw its grid."""
@@ -394,5 +431,8 @@ class Run:
         schedule = self.dataset_dir / "pdd_schedule.json"
         if not schedule.exists():
             return False
-        exported = [s.get("sha256") for s in load_json(schedule)["stages"]]
+        try:
+            exported = [s.get("sha256") for s in load_json(schedule)["stages"]]
+        except (CorruptStateError, KeyError, TypeError, AttributeError):
+            return False  # a damaged export is written again
         return exported == [stage_checksum(f.images, f.labels) for f in finished]

@@ -9,6 +9,8 @@ import torch
 from einops import rearrange
 from PIL import Image
 
+from pdd_hub.io import atomic_path
+
 
 def to_uint8_pictures(images: torch.Tensor) -> torch.Tensor:
     """``[N, C, H, W]`` floats in (roughly) [0, 1] -> uint8 ``[N, H, W, C]``, clamped for display."""
@@ -40,10 +42,10 @@ def save_image_grid(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: str | Path, **kwargs
 ) -> Path:
     """Write :func:`image_grid` of ``images`` (already mapped back to [0, 1]) as a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(to_uint8_pictures(images), labels, num_classes, **kwargs).save(path)
-    return path
+    grid = image_grid(to_uint8_pictures(images), labels, num_classes, **kwargs)
+    with atomic_path(path) as tmp:  # a failed write keeps the previous grid
+        grid.save(tmp, format="PNG")
+    return Path(path)
 
 
 def plot_accuracy_per_stage(
@@ -59,7 +61,6 @@ def plot_accuracy_per_stage(
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, points in results.items():
         xs = np.arange(1, len(points) + 1)
@@ -77,8 +78,11 @@ def plot_accuracy_per_stage(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a failed write keeps the previous plot
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

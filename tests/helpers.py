@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import resource
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +102,14 @@ def random_stages(
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(num_classes).repeat_interleave(ipc)
     return [(torch.randn(len(labels), *shape, generator=g), labels.clone()) for _ in range(num_stages)]
+
+
+@contextlib.contextmanager
+def child_cpu_seconds() -> Iterator[list[float]]:
+    """CPU seconds (user + system) of the child processes waited for in the block, in ``spent[0]``:
+    what a command costs on an idle machine, however busy the shared cores are while tests run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = [0.0]
+    yield spent
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent[0] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from pdd_hub.data.images import ImageSet, stratified_split
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.io import save_tensors
+from pdd_hub.validate import check_literal_path
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def load_real_data(
     train_ds = splits[train_split]
     image_column, label_column = detect_columns(train_ds, image_column, label_column, source)
     train = decode_split(train_ds, image_column, label_column, cache, image_size=image_size)
+    check_no_empty_class(train, f"split {train_split!r} of dataset {source!r}")
     test = decode_split(
         splits[test_split],
         image_column,
@@ -155,6 +157,7 @@ def _load_dataset_dict(source: str, cache: Path):
         from pdd_hub.data.embedded import digits_dataset_dict
 
         return digits_dataset_dict()
+    check_literal_path(source, "dataset path", DatasetFormatError)
     path = Path(source).expanduser()
     if path.exists() and not path.is_dir():
         raise DatasetFormatError(
@@ -250,8 +253,9 @@ def decode_split(
         except Exception as exc:  # a corrupt cache is rebuilt, never trusted
             logger.warning("ignoring unreadable decode cache %s (%s)", cache_file, exc)
 
-    names = class_names or _class_names(ds, label_column)
-    labels = _labels(ds, label_column, names)
+    values = _label_values(ds, label_column)
+    names = class_names or _class_names(ds, label_column, values)
+    labels = _labels(values, label_column, names)
     images = _decode_images(ds, image_column, image_size)
     result = ImageSet(images, labels, names)
 
@@ -262,21 +266,52 @@ def decode_split(
     return result
 
 
-def _class_names(ds, label_column: str) -> list[str]:
+def check_no_empty_class(data: ImageSet, what: str) -> None:
+    """Every class the labels name has at least one example in ``data`` (``what`` names the split)."""
+    empty = [c for c, count in enumerate(data.class_counts()) if count == 0]
+    if empty:
+        c = empty[0]
+        raise DatasetFormatError(
+            f"{what}: class {c} ({data.class_names[c]!r}) has no examples ({len(empty)} empty class(es) of "
+            f"{data.num_classes}); every class the labels name needs training examples: fix the labels "
+            "or the class names of the label column"
+        )
+
+
+def _label_values(ds, label_column: str) -> list:
+    """The label column's values: class indices (integers, or floats with an integer value) or class
+    names; a missing, fractional or other value is refused, naming its row."""
+    values = list(ds[label_column])
+    kind = str if values and isinstance(values[0], str) else int
+    for row, value in enumerate(values):
+        if value is None:
+            problem = "is missing (null)"
+        elif kind is str:
+            problem = None if isinstance(value, str) else f"{value!r} is not a class name (as row 0's is)"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problem = f"{value!r} is not a class index"
+        elif isinstance(value, float) and not value.is_integer():
+            problem = f"{value!r} is not an integer class index"
+        else:
+            problem = None
+        if problem is not None:
+            raise DatasetFormatError(f"row {row}: the label in column {label_column!r} {problem}")
+    return values if kind is str else [int(v) for v in values]
+
+
+def _class_names(ds, label_column: str, values: list) -> list[str]:
     import datasets
 
     feature = ds.features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    values = list(ds[label_column])
     if values and isinstance(values[0], str):
         return sorted(set(values))
     top = max(int(v) for v in values)
     return [str(i) for i in range(top + 1)]
 
 
-def _labels(ds, label_column: str, names: list[str]) -> torch.Tensor:
-    values = list(ds[label_column])
+def _labels(values: list, label_column: str, names: list[str]) -> torch.Tensor:
     if values and isinstance(values[0], str):
         lookup = {n: i for i, n in enumerate(names)}
         missing = next((i for i, v in enumerate(values) if v not in lookup), None)

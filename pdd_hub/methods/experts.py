@@ -16,14 +16,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from pdd_hub.augment import DSA
 from pdd_hub.config import ExpertConfig, ImportanceConfig
-from pdd_hub.errors import DatasetFormatError
-from pdd_hub.io import load_json, save_json, save_tensors
+from pdd_hub.errors import CorruptStateError, DatasetFormatError
+from pdd_hub.io import RUN_FILE_HINT, load_json, load_tensors, save_json, save_tensors
 from pdd_hub.methods.base import StageContext
 from pdd_hub.methods.sampling import importance_probabilities
 from pdd_hub.networks import Networks, as_networks, momentum_of, set_momentum_of
@@ -52,7 +51,26 @@ class ExpertSet:
         manifest_path = directory / MANIFEST
         if not manifest_path.exists():
             raise FileNotFoundError(f"no expert manifest at {manifest_path}")
-        return cls(directory, load_json(manifest_path))
+        experts = cls(directory, load_json(manifest_path))
+        experts.check_files()
+        return experts
+
+    def check_files(self) -> None:
+        """Every expert file is there and readable (its header and size), else CorruptStateError."""
+        try:
+            count = len(self)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStateError(
+                f"{self.directory / MANIFEST} is damaged ({exc!r}); {RUN_FILE_HINT}"
+            ) from exc
+        for i in range(count):
+            path = expert_file(self.directory, i)
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    if "trajectory" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                        raise SafetensorError("no trajectory tensor")
+            except (SafetensorError, OSError) as exc:
+                raise CorruptStateError(f"{path} is missing or damaged ({exc}); {RUN_FILE_HINT}") from exc
 
     def __len__(self) -> int:
         return int(self.manifest["num_experts"])
@@ -351,10 +369,11 @@ class ExpertGroup:
             first = networks.flat().cpu()
             save_tensors({"params": first}, self.partial / "epoch_000.safetensors")
             return [first]
-        state = load_file(str(state_path))
+        state = load_tensors(state_path, ("epoch",))
         done = int(state["epoch"])
         snapshots = [
-            load_file(str(self.partial / f"epoch_{e:03d}.safetensors"))["params"] for e in range(done + 1)
+            load_tensors(self.partial / f"epoch_{e:03d}.safetensors", ("params",))["params"]
+            for e in range(done + 1)
         ]
         device = networks.parameters()[0].device
         networks.load_flat(snapshots[-1].to(device))

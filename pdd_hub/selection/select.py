@@ -21,6 +21,7 @@ from pdd_hub.augment import build_augment
 from pdd_hub.config import ScoringConfig, _build, _check_rules
 from pdd_hub.data import Preprocess, PreprocessedImages, RealData, default_cache_dir
 from pdd_hub.data.images import ImageSet
+from pdd_hub.errors import ConfigError
 from pdd_hub.registry import SELECTIONS
 from pdd_hub.rng import stream
 from pdd_hub.scoring import RealExamples, scoring_cache_key, train_scoring_networks
@@ -38,7 +39,7 @@ def build_selector(method: str, options: dict[str, Any] | None = None):
     options = options or {}
     if entry.config_cls is None:
         if options:
-            raise ValueError(f"selection method {method!r} takes no settings, got {sorted(options)}")
+            raise ConfigError(f"selection method {method!r} takes no settings, got {sorted(options)}")
         return entry.cls(None)
     config = _build(entry.config_cls, options, prefix=f"{method}.")
     _check_rules(config, prefix=f"{method}.")
