@@ -175,11 +175,36 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from pdd_hub.hub import push_to_hub
+    from pdd_hub.hub import load_pdd
 
-    url = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision)
-    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+    _publish(load_pdd(args.folder), args.repo_id, args, args.results)
     return 0
+
+
+def _publish(pdd, repo_id: str, args: argparse.Namespace, results: list[str]) -> None:
+    """Push ``pdd`` with the push options in ``args`` and say what happened (token: HF_TOKEN or the
+    cached login)."""
+    from huggingface_hub import HfApi
+
+    from pdd_hub.publish import PushOptions, push_export
+
+    options = PushOptions(
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        tag=args.tag,
+        license=args.license,
+        results=results,
+        dry_run=args.dry_run,
+    )
+    result = push_export(pdd, repo_id, options, HfApi())
+    if args.dry_run:
+        print(f"dry run: pushing {pdd.path} to {repo_id} would upload\n{result.plan.describe()}")
+        return
+    where = f"pull request {result.pr_url}" if result.pr_url else result.commit_url
+    tagged = f", tagged {result.tag}" if result.tag else ""
+    print(f"pushed {pdd.path} to {repo_id}: {where}{tagged}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,10 +231,29 @@ def build_parser() -> argparse.ArgumentParser:
     pu = sub.add_parser("push", help="upload an export folder to a Hub dataset repo")
     pu.add_argument("folder")
     pu.add_argument("repo_id")
-    pu.add_argument("--private", action="store_true")
-    pu.add_argument("--revision", default=None)
+    add_push_options(pu)
     pu.set_defaults(func=_push)
     return parser
+
+
+def add_push_options(parser: argparse.ArgumentParser, results: bool = True) -> None:
+    """The options of ``pdd-hub push`` (``eval --push-to-hub`` takes them too, less ``--results``)."""
+    parser.add_argument("--private", action="store_true", default=None, help="create the repo private")
+    parser.add_argument("--revision", default=None, help="branch to push to (created from main if missing)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--tag", default=None, help="tag the pushed commit, e.g. v1.0")
+    parser.add_argument(
+        "--license", default=None, help="Hub license id (default: the source dataset's, when it names one)"
+    )
+    if results:
+        parser.add_argument(
+            "--results",
+            action="append",
+            default=[],
+            help="a pdd-hub eval JSON to add to the card and the repo (repeatable)",
+        )
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:

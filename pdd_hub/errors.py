@@ -41,3 +41,7 @@ class DistillationDivergedError(PDDError, RuntimeError):
 
 class UnknownNameError(PDDError, ValueError):
     """A name (of a base method, a selection method, ...) that no registry entry has."""
+
+
+class ResultsFormatError(PDDError, ValueError):
+    """An evaluation results file (``pdd-hub eval --output``) is unreadable or belongs to another export."""

@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pdd_hub.card import render_card
 from pdd_hub.data.transforms import Preprocess
-from pdd_hub.errors import ExportFormatError, ExportNotFoundError, HubPushError
+from pdd_hub.errors import ExportFormatError, ExportNotFoundError
 from pdd_hub.io import tensors_sha256
 
 if TYPE_CHECKING:
+    from pdd_hub.publish import PushOptions
     from pdd_hub.train import TrainingRecipe
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,6 @@ PREPROCESS_FILE = "preprocess.safetensors"
 CARD_FILE = "README.md"
 DATA_DIR = "data"
 GRID_DIR = "images"
-CARD_TEMPLATE = "pdd_dataset_card.md"
 
 
 @dataclass
@@ -249,13 +250,7 @@ def export_pdd(
     try:
         (tmp / DATA_DIR).mkdir()
         (tmp / GRID_DIR).mkdir()
-        features = datasets.Features(
-            {
-                "image": datasets.Array3D(shape=tuple(schedule.image_shape), dtype="float32"),
-                "label": datasets.ClassLabel(names=schedule.class_names),
-                "preview": datasets.Image(),
-            }
-        )
+        features = stage_features(schedule)
         from pdd_hub.viz import save_image_grid, to_uint8_pictures
 
         for spec, (images, labels) in zip(schedule.stages, stages):
@@ -273,7 +268,13 @@ def export_pdd(
                 features=features,
             )
             ds.to_parquet(str(tmp / DATA_DIR / f"{spec.split}-00000-of-00001.parquet"))
-            save_image_grid(pictures, labels, schedule.num_classes, tmp / GRID_DIR / f"{spec.split}.png")
+            save_image_grid(
+                pictures,
+                labels,
+                schedule.num_classes,
+                tmp / GRID_DIR / f"{spec.split}.png",
+                class_names=schedule.class_names,
+            )
 
         checked = [
             replace(spec, sha256=stage_checksum(*stage)) for spec, stage in zip(schedule.stages, stages)
@@ -284,12 +285,26 @@ def export_pdd(
         tensors = preprocess.tensors()
         if tensors:
             save_file(tensors, str(tmp / PREPROCESS_FILE))
-        render_card(schedule, tmp / CARD_FILE, title=title)
+        render_card(schedule, tmp / CARD_FILE, title=title, location=str(folder))
         _swap_into_place(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def stage_features(schedule: Schedule):
+    """The ``datasets.Features`` of every split: the exact float32 images, the labels with their
+    class names, and a uint8 preview for the Hub's viewer."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "image": datasets.Array3D(shape=tuple(schedule.image_shape), dtype="float32"),
+            "label": datasets.ClassLabel(names=schedule.class_names),
+            "preview": datasets.Image(),
+        }
+    )
 
 
 def _check_stages_match(schedule: Schedule, stages: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -341,51 +356,6 @@ def recover_interrupted_export(folder: str | Path) -> bool:
     os.rename(backups[-1], folder)
     logger.warning("restored %s from an interrupted export", folder)
     return True
-
-
-def render_card(schedule: Schedule, path: Path, *, title: str | None = None) -> None:
-    """Render the dataset card (README.md) from the template in ``model_cards/``."""
-    from importlib.resources import files
-
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    splits = schedule.split_names
-    source = schedule.source.get("dataset", "unknown")
-    title = title or f"{Path(str(source)).name} distilled by PDD + {schedule.method.upper()}"
-    card_data = DatasetCardData(
-        pretty_name=title,
-        task_categories=["image-classification"],
-        tags=["dataset-distillation", "progressive-dataset-distillation", "pdd-hub", "synthetic"],
-        configs=[
-            {
-                "config_name": "default",
-                "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in splits],
-            }
-        ],
-        pdd={
-            "format_version": schedule.format_version,
-            "method": schedule.method,
-            "distill_model": schedule.distill_model,
-            "num_stages": len(splits),
-            "stages": [
-                {"split": s.split, "ipc": s.ipc, "lr": s.lr, "epochs": s.epochs} for s in schedule.stages
-            ],
-            "source_dataset": str(source),
-            "image_shape": list(schedule.image_shape),
-            "zca": bool(schedule.preprocess.get("zca")),
-        },
-    )
-    template = files("pdd_hub.model_cards").joinpath(CARD_TEMPLATE).read_text()
-    card = DatasetCard.from_template(
-        card_data,
-        template_str=template,
-        title=title,
-        schedule=schedule,
-        total_ipc=sum(s.ipc for s in schedule.stages),
-        source=source,
-        grid_dir=GRID_DIR,
-    )
-    path.write_text(str(card))
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -568,32 +538,24 @@ def push_to_hub(
     revision: str | None = None,
     endpoint: str | None = None,
     commit_message: str | None = None,
+    options: PushOptions | None = None,
 ) -> str:
-    """Validate the export, then ``create_repo`` + ``upload_folder`` it as a dataset repo. The token
-    comes from ``token``, ``HF_TOKEN`` or the cached login, and is never written anywhere."""
+    """Validate the export, then publish it to the dataset repo ``repo_id`` with ``options`` (branch,
+    pull request, tag, license, results, dry run: :mod:`pdd_hub.publish`); returns the commit (or
+    pull request) URL. The token comes from ``token``, ``HF_TOKEN`` or the cached login, and is never
+    written anywhere."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
-    folder = Path(folder)
+    from pdd_hub.publish import PushOptions, push_export
+
+    options = replace(
+        options or PushOptions(),
+        **{
+            k: v
+            for k, v in {"private": private, "revision": revision, "commit_message": commit_message}.items()
+            if v is not None
+        },
+    )
     pdd = load_pdd(folder)  # never publish an export that does not load
-    api = HfApi(endpoint=endpoint, token=token)
-    try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            repo_type="dataset",
-            revision=revision,
-            commit_message=commit_message
-            or f"pdd-hub export: {pdd.num_stages} stages ({pdd.schedule.method})",
-            # a re-push with fewer stages must not leave stale splits behind
-            delete_patterns=[f"{DATA_DIR}/*", f"{GRID_DIR}/*"],
-        )
-    except Exception as exc:  # HTTP errors, refused connections, offline mode: all the user's to fix
-        hint = (
-            "log in (`hf auth login` or HF_TOKEN) with write access"
-            if isinstance(exc, HfHubHTTPError)
-            else ("check the network (HF_HUB_OFFLINE must not be set)")
-        )
-        raise HubPushError(f"pushing {folder} to the dataset repo {repo_id!r} failed: {exc}; {hint}") from exc
-    return str(getattr(info, "commit_url", info))
+    result = push_export(pdd, repo_id, options, HfApi(endpoint=endpoint, token=token))
+    return result.pr_url or result.commit_url or result.plan.describe()
