@@ -28,6 +28,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pdd_hub.hub import load_pdd
     from pdd_hub.models import check_model_name
     from pdd_hub.runtime import make_accelerator
+    from pdd_hub.tracking import tracker_kwargs
 
     models = args.model or []
     if not models:
@@ -36,8 +37,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise PDDError(f"--seeds must be at least 1, got {args.seeds}")
     for name in models:
         check_model_name(name)  # fail before loading anything
-    accelerator = make_accelerator(cpu=args.cpu)
+    accelerator = make_accelerator(cpu=args.cpu, **tracker_kwargs(args.tracker, _eval_logs(args)))
     pdd = load_pdd(args.synthetic, revision=args.revision)
+    _check_push(args, pdd)
     # by default, the real data is read the way it was read for distillation
     test_split = args.test_split or pdd.schedule.source.get("test_split") or "test"
     image_size = args.image_size or pdd.schedule.config.get("image_size")
@@ -80,7 +82,51 @@ def _eval(args: argparse.Namespace) -> int:
         plot = Path(args.plot) if args.plot else output.with_suffix(".png")
         report.save_plot(plot)
         print(f"\nwrote {output} and {plot}")
+        _share_report(args, accelerator, report, pdd, plot)
     return 0
+
+
+def _push_options(args: argparse.Namespace, results: list[str]):
+    from pdd_hub.publish import PushOptions
+
+    return PushOptions(
+        private=args.private,
+        revision=args.push_revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        tag=args.tag,
+        license=args.license,
+        results=results,
+        dry_run=args.dry_run,
+    )
+
+
+def _check_push(args: argparse.Namespace, pdd) -> None:
+    """``eval --push-to-hub``: fail before any training if the push could not be made."""
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        from pdd_hub.publish import push_license
+
+        _push_options(args, []).check()
+        push_license(pdd, args.license, HfApi())
+
+
+def _eval_logs(args: argparse.Namespace) -> Path:
+    """Where ``eval --tracker`` logs: ``--tracker-dir``, else beside the output (``OUTPUT.logs/``)."""
+    return Path(args.tracker_dir) if args.tracker_dir else Path(args.output).with_suffix(".logs")
+
+
+def _share_report(args: argparse.Namespace, accelerator, report, pdd, plot: Path) -> None:
+    """``eval --tracker``: the results to the tracker; ``eval --push-to-hub``: onto the export's card."""
+    from pdd_hub.tracking import log_eval_report
+
+    if args.tracker != "none":
+        accelerator.init_trackers("pdd-hub-eval", config={"export": args.synthetic, "real": args.real})
+        log_eval_report(accelerator, report, plot)
+        accelerator.end_training()
+    if args.push_to_hub:
+        _publish(pdd, args.push_to_hub, args, [args.output])
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -186,19 +232,9 @@ def _publish(pdd, repo_id: str, args: argparse.Namespace, results: list[str]) ->
     cached login)."""
     from huggingface_hub import HfApi
 
-    from pdd_hub.publish import PushOptions, push_export
+    from pdd_hub.publish import push_export
 
-    options = PushOptions(
-        private=args.private,
-        revision=args.revision,
-        commit_message=args.commit_message,
-        create_pr=args.create_pr,
-        tag=args.tag,
-        license=args.license,
-        results=results,
-        dry_run=args.dry_run,
-    )
-    result = push_export(pdd, repo_id, options, HfApi())
+    result = push_export(pdd, repo_id, _push_options(args, results), HfApi())
     if args.dry_run:
         print(f"dry run: pushing {pdd.path} to {repo_id} would upload\n{result.plan.describe()}")
         return
@@ -236,17 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_push_options(parser: argparse.ArgumentParser, results: bool = True) -> None:
-    """The options of ``pdd-hub push`` (``eval --push-to-hub`` takes them too, less ``--results``)."""
+def add_push_options(parser: argparse.ArgumentParser, eval_command: bool = False) -> None:
+    """The options of ``pdd-hub push``; ``eval --push-to-hub`` takes them too, less ``--results``
+    (the evaluation's own) and with ``--push-revision`` (its ``--revision`` names the export's)."""
     parser.add_argument("--private", action="store_true", default=None, help="create the repo private")
-    parser.add_argument("--revision", default=None, help="branch to push to (created from main if missing)")
+    parser.add_argument(
+        "--push-revision" if eval_command else "--revision",
+        dest="push_revision",
+        default=None,
+        help="branch to push to (created from main if missing)",
+    )
     parser.add_argument("--commit-message", default=None)
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     parser.add_argument("--tag", default=None, help="tag the pushed commit, e.g. v1.0")
     parser.add_argument(
         "--license", default=None, help="Hub license id (default: the source dataset's, when it names one)"
     )
-    if results:
+    if not eval_command:
         parser.add_argument(
             "--results",
             action="append",
@@ -297,6 +339,19 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
         help="train each seed through torch.compile (pays after its first seconds; see docs/RESULTS.md)",
     )
     ev.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
+    ev.add_argument(
+        "--tracker",
+        default="none",
+        help="log the results to a tracker accelerate supports (tensorboard, wandb, trackio, mlflow, ...)",
+    )
+    ev.add_argument("--tracker-dir", default=None, help="the tracker's log folder (default: OUTPUT.logs)")
+    ev.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO",
+        help="push the export with these results on its card (and the JSON in the repo) to REPO",
+    )
+    add_push_options(ev, eval_command=True)
     ev.add_argument(
         "--no-resume",
         action="store_true",

@@ -13,7 +13,7 @@ finished stages, start states and the export.
   checkpoints/current/         the mid-stage checkpoint
   grids/stage_K.png            each stage's stored images, written as it finishes
   accuracy_per_stage.png       validation accuracy after each stage
-  logs/                        tracker logs (tensorboard)
+  logs/                        tracker logs (tensorboard, aim, ...: any tracker accelerate supports)
   dataset/                     the Hub-layout export, rewritten after every finished stage
 """
 
@@ -341,6 +341,7 @@ class Run:
             finished.stored_labels,
             self.num_classes,
             self.layout.grid_file(stage),
+            class_names=self.real.class_names,
         )
 
     def export(self, finished: list[FinishedStage], recipe: TrainingRecipe, storage: dict) -> Path:

@@ -194,3 +194,44 @@ def test_cli_push_options_and_errors(tmp_path, fake_hub):
     done = cli("--license", "mit", "--revision", "dev", "--tag", "v0.1", "--commit-message", "hello")
     assert done.returncode == 0, done.stderr
     assert "tagged v0.1" in done.stdout and fake_hub.tags(REPO)["v0.1"] == fake_hub.branches(REPO)["dev"]
+
+
+def test_eval_logs_to_tensorboard_and_pushes_its_results_to_the_card(tmp_path, fake_hub):
+    env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0"}
+    env["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "pdd_hub.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+    export = tmp_path / "digits-random"
+    made = cli("select", "--real", "sklearn:digits", "--num-stages", "2", "--ipc", "1", "--output", str(export))
+    assert made.returncode == 0, made.stderr
+    evaluation = [*("eval", str(export), "--real", "sklearn:digits", "--model", "convnet_d1", "--seeds", "1")]
+    evaluation += ["--epochs-per-stage", "2", "--output", str(tmp_path / "eval.json")]
+    done = cli(*evaluation, "--tracker", "tensorboard", "--push-to-hub", "org/digits", "--tag", "v1")
+    assert done.returncode == 0, done.stderr
+    # the tracker: the accuracy after each phase, and the plot
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars, images = {}, set()
+    for events in (tmp_path / "eval.logs").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        scalars |= {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+        images |= set(acc.Tags()["images"])
+    report = json.loads((tmp_path / "eval.json").read_text())
+    expected = [100 * p["mean"] for p in report["summary"]["convnet_d1"]]
+    assert scalars["eval/convnet_d1/accuracy"] == pytest.approx(expected)
+    assert "eval/accuracy_per_stage" in images
+    # the Hub: the card's results table (the license inherited from sklearn's digits), the raw JSON
+    card = DatasetCard(fake_hub.files("org/digits")["README.md"].decode())
+    assert card.data.license == "cc-by-4.0" and "## Results" in card.text
+    mean = 100 * report["summary"]["convnet_d1"][0]["mean"]
+    assert f"| convnet_d1 | 1 | {mean:.2f} ± 0.00 |" in card.text
+    (stored,) = [p for p in fake_hub.files("org/digits") if p.startswith("results/")]
+    assert json.loads(fake_hub.files("org/digits")[stored]) == report
+    assert "v1" in fake_hub.tags("org/digits")
+    # a bad push setting stops the evaluation before it trains anything
+    refused = cli(*evaluation, "--push-to-hub", "org/digits", "--create-pr", "--tag", "v2")
+    assert refused.returncode == 2 and "--tag" in refused.stderr and "test accuracy" not in refused.stderr
