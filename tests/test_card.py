@@ -205,7 +205,9 @@ def test_eval_logs_to_tensorboard_and_pushes_its_results_to_the_card(tmp_path, f
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
     export = tmp_path / "digits-random"
-    made = cli("select", "--real", "sklearn:digits", "--num-stages", "2", "--ipc", "1", "--output", str(export))
+    made = cli(
+        "select", "--real", "sklearn:digits", "--num-stages", "2", "--ipc", "1", "--output", f"{export}"
+    )
     assert made.returncode == 0, made.stderr
     evaluation = [*("eval", str(export), "--real", "sklearn:digits", "--model", "convnet_d1", "--seeds", "1")]
     evaluation += ["--epochs-per-stage", "2", "--output", str(tmp_path / "eval.json")]
