@@ -5,7 +5,9 @@
     pdd-hub distill --config quickstart_dm [key=value ...]
     pdd-hub eval SYNTHETIC --real DATASET --model convnet_d3 --model resnet18_cifar --seeds 3
     pdd-hub show SYNTHETIC
-    pdd-hub push FOLDER ORG/NAME [--private]
+    pdd-hub push FOLDER ORG/NAME [--private] [--revision BRANCH] [--create-pr] [--tag TAG] [--dry-run]
+    pdd-hub import-pt SRC OUTPUT --real DATASET --zca      # MTT / ProgressiveDD / DD-Ranking tensors
+    pdd-hub export-pt EXPORT OUTPUT [--layout ddranking]
 
 Run ``distill`` and ``eval`` under ``accelerate launch -m pdd_hub.cli ...`` to use several processes.
 Errors a user can cause print as one paragraph, without a traceback, and exit with status 2.
@@ -153,6 +155,7 @@ def _select(args: argparse.Namespace) -> int:
     from pdd_hub.augment import DEFAULT_STRATEGY
     from pdd_hub.config import ScoringConfig, _build
     from pdd_hub.data import Preprocess, load_real_data
+    from pdd_hub.data.transforms import normalization_constants
     from pdd_hub.rng import stream
     from pdd_hub.runtime import make_accelerator
     from pdd_hub.selection.select import select_and_export
@@ -177,7 +180,10 @@ def _select(args: argparse.Namespace) -> int:
     if args.train_per_class is not None:
         keep = real.train.sample_per_class(args.train_per_class, stream(args.seed, "subset"))
         real.train = real.train.subset(keep.sort().values)
-    preprocess = Preprocess.fit(real.train.images, normalize=not args.no_normalize, zca=args.zca)
+    mean, std = normalization_constants(args.normalization, args.mean, args.std)
+    preprocess = Preprocess.fit(
+        real.train.images, normalize=not args.no_normalize, zca=args.zca, mean=mean, std=std
+    )
     folder = select_and_export(
         args.output,
         real,
@@ -243,6 +249,68 @@ def _publish(pdd, repo_id: str, args: argparse.Namespace, results: list[str]) ->
     print(f"pushed {pdd.path} to {repo_id}: {where}{tagged}")
 
 
+def _import_pt(args: argparse.Namespace) -> int:
+    from pdd_hub.data.transforms import normalization_constants
+    from pdd_hub.interop import ImportSettings, ReferenceNormalization, import_pt
+
+    mean, std = normalization_constants(args.normalization, args.mean, args.std)
+    folder = import_pt(
+        args.src,
+        args.output,
+        real=args.real,
+        normalization=ReferenceNormalization(zca=args.zca, zca_eps=args.zca_eps, mean=mean, std=std),
+        settings=ImportSettings(
+            method=args.method,
+            distill_model=args.distill_model,
+            lr=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            augment=args.augment,
+        ),
+    )
+    print(
+        f"wrote {folder}; evaluate it with pdd-hub eval {folder} --real {args.real or 'DATASET'} --model ..."
+    )
+    return 0
+
+
+def _export_pt(args: argparse.Namespace) -> int:
+    from pdd_hub.interop import export_pt
+
+    out = export_pt(args.export, args.output, layout=args.layout)
+    print(f"wrote {out}/stage_*/ ({args.layout} file names, stages 1..k in stage_k)")
+    return 0
+
+
+def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
+    from pdd_hub.interop import LAYOUTS, ImportSettings
+
+    defaults = ImportSettings()
+    im = sub.add_parser(
+        "import-pt", help="turn the .pt tensors of MTT / ProgressiveDD / DD-Ranking into an export"
+    )
+    im.add_argument("src", help="folder of saved tensors (see docs/INTEROP.md for the layouts read)")
+    im.add_argument("output", help="export folder to write")
+    im.add_argument("--real", default=None, help="the dataset the tensors were distilled from")
+    im.add_argument("--zca", action="store_true", help="the images are ZCA-whitened as the MTT family does")
+    im.add_argument("--zca-eps", type=float, default=0.1)
+    add_normalization_options(im)
+    im.add_argument("--method", default=defaults.method, help="the base method that made them (default mtt)")
+    im.add_argument("--distill-model", default=defaults.distill_model)
+    im.add_argument("--lr", type=float, default=None, help="training LR where the files hold none")
+    im.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs per stage")
+    im.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    im.add_argument("--augment", default=defaults.augment, help="training augmentation (pdd-hub notation)")
+    im.set_defaults(func=_import_pt)
+    ex = sub.add_parser(
+        "export-pt", help="write an export as .pt tensors for ProgressiveDD / MTT / DD-Ranking"
+    )
+    ex.add_argument("export", help="export folder or Hub dataset repo id")
+    ex.add_argument("output", help="folder to write stage_1/, stage_2/, ... into")
+    ex.add_argument("--layout", choices=sorted(LAYOUTS), default="progressivedd")
+    ex.set_defaults(func=_export_pt)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pdd-hub", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -264,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--json", action="store_true", help="also print the whole pdd_schedule.json")
     sh.set_defaults(func=_show)
     _add_select_parser(sub)
+    _add_interop_parsers(sub)
     pu = sub.add_parser("push", help="upload an export folder to a Hub dataset repo")
     pu.add_argument("folder")
     pu.add_argument("repo_id")
@@ -381,6 +450,7 @@ def _add_select_parser(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--output", required=True, help="export folder to write")
     se.add_argument("--zca", action="store_true", help="ZCA-whiten (as the MTT family does)")
     se.add_argument("--no-normalize", action="store_true", help="skip mean/std normalisation")
+    add_normalization_options(se)
     se.add_argument("--lr", type=float, default=0.01, help="training LR recorded for every stage")
     se.add_argument("--epochs", type=int, default=500, help="training epochs recorded for every stage")
     se.add_argument("--seed", type=int, default=0)
@@ -388,6 +458,24 @@ def _add_select_parser(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--image-column", default=None)
     se.add_argument("--label-column", default=None)
     se.set_defaults(func=_select)
+
+
+def add_normalization_options(parser: argparse.ArgumentParser) -> None:
+    """Fixed normalisation constants instead of the ones measured on the training split."""
+    from pdd_hub.data.transforms import NORMALIZATION_PRESETS
+
+    parser.add_argument(
+        "--mean", type=float, nargs="+", default=None, help="per-channel mean, e.g. 0.4914 0.4822 0.4465"
+    )
+    parser.add_argument(
+        "--std", type=float, nargs="+", default=None, help="per-channel std, e.g. 0.2023 0.1994 0.2010"
+    )
+    parser.add_argument(
+        "--normalization",
+        choices=sorted(NORMALIZATION_PRESETS),
+        default=None,
+        help="the reference code's constants for a dataset (cifar10: the literature's CIFAR-10 mean and std)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
