@@ -18,6 +18,7 @@ from pdd_hub.hub import (
     load_pdd,
     push_to_hub,
 )
+from pdd_hub.loop import TrainingPhase, iterate_schedule
 from pdd_hub.progressive import run_pdd
 from pdd_hub.train import plan_stages, train_stages
 
@@ -34,8 +35,10 @@ __all__ = [
     "RealData",
     "Schedule",
     "StageSpec",
+    "TrainingPhase",
     "evaluate_export",
     "export_pdd",
+    "iterate_schedule",
     "load_config",
     "load_forgetting_scores",
     "load_pdd",
