@@ -40,7 +40,7 @@ def make_export(folder, digits, **recipe):
 def test_readme_loop_matches_pdd_hub_eval_on_the_same_seed(tmp_path, digits):
     pdd = pdd_hub.load_pdd(make_export(tmp_path / "export", digits))
     seed = 3
-    # the README's example, word for word but for the test set's name
+    # the README's loop, plus a test after each phase
     test_x, test_y = pdd.preprocess(digits.test.images), digits.test.labels
     torch.manual_seed(seed)
     model = timm.create_model("convnet_d3", num_classes=10, in_chans=1, img_size=8)
