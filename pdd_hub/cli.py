@@ -29,8 +29,6 @@ def _eval(args: argparse.Namespace) -> int:
     from pdd_hub.evaluate import evaluate_export, random_baseline
     from pdd_hub.hub import load_pdd
     from pdd_hub.models import check_model_name
-    from pdd_hub.runtime import make_accelerator
-    from pdd_hub.tracking import tracker_kwargs
 
     models = args.model or []
     if not models:
@@ -39,7 +37,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise PDDError(f"--seeds must be at least 1, got {args.seeds}")
     for name in models:
         check_model_name(name)  # fail before loading anything
-    accelerator = make_accelerator(cpu=args.cpu, **tracker_kwargs(args.tracker, _eval_logs(args)))
+    accelerator = _eval_accelerator(args)
     pdd = load_pdd(args.synthetic, revision=args.revision)
     _check_push(args, pdd)
     # by default, the real data is read the way it was read for distillation
@@ -114,9 +112,14 @@ def _check_push(args: argparse.Namespace, pdd) -> None:
         push_license(pdd, args.license, HfApi())
 
 
-def _eval_logs(args: argparse.Namespace) -> Path:
-    """Where ``eval --tracker`` logs: ``--tracker-dir``, else beside the output (``OUTPUT.logs/``)."""
-    return Path(args.tracker_dir) if args.tracker_dir else Path(args.output).with_suffix(".logs")
+def _eval_accelerator(args: argparse.Namespace):
+    """The evaluation's ``Accelerator``, with the ``--tracker`` (logging under ``--tracker-dir``, else
+    beside the output: ``OUTPUT.logs/``)."""
+    from pdd_hub.runtime import make_accelerator
+    from pdd_hub.tracking import tracker_kwargs
+
+    logs = Path(args.tracker_dir) if args.tracker_dir else Path(args.output).with_suffix(".logs")
+    return make_accelerator(cpu=args.cpu, **tracker_kwargs(args.tracker, logs))
 
 
 def _share_report(args: argparse.Namespace, accelerator, report, pdd, plot: Path) -> None:

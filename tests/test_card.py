@@ -101,7 +101,15 @@ def test_license_is_inherited_from_the_source_else_required(tmp_path, fake_hub):
 
 def test_revision_creates_the_branch_and_tag_and_message_are_kept(tmp_path, fake_hub):
     make_export(tmp_path / "e")
-    url = push(tmp_path / "e", fake_hub, revision="distilled-v1", commit_message="first stages", tag="v1.0")
+    url = push(
+        tmp_path / "e",
+        fake_hub,
+        revision="distilled-v1",
+        commit_message="first stages",
+        tag="v1.0",
+        private=True,
+    )
+    assert fake_hub.is_private(REPO)
     head = fake_hub.branches(REPO)["distilled-v1"]
     assert head in url and fake_hub.tags(REPO) == {"v1.0": head}
     assert fake_hub.commits(REPO, revision="distilled-v1")[0].title == "first stages"

@@ -55,3 +55,21 @@ def test_stage_grids_name_each_row_with_its_class(tmp_path):
     make_export(tmp_path / "e")  # exports draw their grids with the class names
     with Image.open(tmp_path / "e" / "images" / "stage_1.png") as grid:
         assert grid.width > plain.width
+
+
+def test_tracker_takes_every_tracker_accelerate_supports():
+    import accelerate.utils
+
+    from pdd_hub.config import config_from_dict
+    from pdd_hub.errors import ConfigError
+    from pdd_hub.tracking import TRACKERS
+
+    assert {"tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim"} <= set(TRACKERS)
+    for name in TRACKERS:
+        if getattr(accelerate.utils, f"is_{name}_available")():
+            assert config_from_dict({"tracker": name}).tracker == name
+        else:
+            with pytest.raises(ConfigError, match=f"'tracker' is '{name}' but {name} is not installed"):
+                config_from_dict({"tracker": name})
+    with pytest.raises(ConfigError, match="'tracker' must be one of .*'trackio'"):
+        config_from_dict({"tracker": "tensorbored"})
