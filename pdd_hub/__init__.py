@@ -20,6 +20,7 @@ from pdd_hub.hub import (
 )
 from pdd_hub.loop import TrainingPhase, iterate_schedule
 from pdd_hub.progressive import run_pdd
+from pdd_hub.publish import PushOptions
 from pdd_hub.train import plan_stages, train_stages
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "PDDConfig",
     "PDDDataset",
     "Preprocess",
+    "PushOptions",
     "RealData",
     "Schedule",
     "StageSpec",

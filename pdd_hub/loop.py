@@ -12,9 +12,8 @@ on, in the same order with the same augmentation draws, so it reaches the same a
         for epoch in range(phase.epochs):
             phase.set_epoch(optimizer, epoch)  # the LR of this epoch, restarted every phase
             for x, y in phase.batches(generator):
-                loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad()
-                loss.backward()
+                F.cross_entropy(model(x), y).backward()
                 optimizer.step()
 """
 

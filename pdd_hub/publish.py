@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +101,6 @@ class PushResult:
     pr_url: str | None = None
     commit: str | None = None
     tag: str | None = None
-    warnings: list[str] = field(default_factory=list)
 
 
 def push_export(pdd: PDDDataset, repo_id: str, options: PushOptions, api: HfApi) -> PushResult:

@@ -51,9 +51,8 @@ def test_readme_loop_matches_pdd_hub_eval_on_the_same_seed(tmp_path, digits):
         for epoch in range(phase.epochs):
             phase.set_epoch(optimizer, epoch)  # the phase's LR schedule
             for x, y in phase.batches(generator):  # shuffled, augmented minibatches
-                loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad()
-                loss.backward()
+                F.cross_entropy(model(x), y).backward()
                 optimizer.step()
         model.eval()
         with torch.no_grad():
