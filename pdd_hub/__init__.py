@@ -18,7 +18,9 @@ from pdd_hub.hub import (
     load_pdd,
     push_to_hub,
 )
+from pdd_hub.loop import TrainingPhase, iterate_schedule
 from pdd_hub.progressive import run_pdd
+from pdd_hub.publish import PushOptions
 from pdd_hub.train import plan_stages, train_stages
 
 __version__ = "0.1.0"
@@ -31,11 +33,14 @@ __all__ = [
     "PDDConfig",
     "PDDDataset",
     "Preprocess",
+    "PushOptions",
     "RealData",
     "Schedule",
     "StageSpec",
+    "TrainingPhase",
     "evaluate_export",
     "export_pdd",
+    "iterate_schedule",
     "load_config",
     "load_forgetting_scores",
     "load_pdd",

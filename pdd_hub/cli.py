@@ -5,7 +5,9 @@
     pdd-hub distill --config quickstart_dm [key=value ...]
     pdd-hub eval SYNTHETIC --real DATASET --model convnet_d3 --model resnet18_cifar --seeds 3
     pdd-hub show SYNTHETIC
-    pdd-hub push FOLDER ORG/NAME [--private]
+    pdd-hub push FOLDER ORG/NAME [--private] [--revision BRANCH] [--create-pr] [--tag TAG] [--dry-run]
+    pdd-hub import-pt SRC OUTPUT --real DATASET --zca      # MTT / ProgressiveDD / DD-Ranking tensors
+    pdd-hub export-pt EXPORT OUTPUT [--layout ddranking]
 
 Run ``distill`` and ``eval`` under ``accelerate launch -m pdd_hub.cli ...`` to use several processes.
 Errors a user can cause print as one paragraph, without a traceback, and exit with status 2.
@@ -62,10 +64,8 @@ def check_eval_args(args: argparse.Namespace) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pdd_hub.runtime import make_accelerator
-
     models = check_eval_args(args)
-    accelerator = make_accelerator(cpu=args.cpu)
+    accelerator = _eval_accelerator(args)
     output = Path(args.output)
     with contextlib.ExitStack() as stack:
         if accelerator.is_main_process:  # one evaluation per output at a time, and it can be written
@@ -80,6 +80,7 @@ def _evaluate(args: argparse.Namespace, models: list[str], accelerator, output: 
     from pdd_hub.hub import load_pdd
 
     pdd = load_pdd(args.synthetic, revision=args.revision)
+    _check_push(args, pdd)
     # by default, the real data is read the way it was read for distillation
     test_split = args.test_split or pdd.schedule.source.get("test_split") or "test"
     image_size = args.image_size or pdd.schedule.config.get("image_size")
@@ -121,7 +122,56 @@ def _evaluate(args: argparse.Namespace, models: list[str], accelerator, output: 
         plot = Path(args.plot) if args.plot else output.with_suffix(".png")
         report.save_plot(plot)
         print(f"\nwrote {output} and {plot}")
+        _share_report(args, accelerator, report, pdd, plot)
     return 0
+
+
+def _push_options(args: argparse.Namespace, results: list[str]):
+    from pdd_hub.publish import PushOptions
+
+    return PushOptions(
+        private=args.private,
+        revision=args.push_revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        tag=args.tag,
+        license=args.license,
+        results=results,
+        dry_run=args.dry_run,
+    )
+
+
+def _check_push(args: argparse.Namespace, pdd) -> None:
+    """``eval --push-to-hub``: fail before any training if the push could not be made."""
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        from pdd_hub.publish import push_license
+
+        _push_options(args, []).check()
+        push_license(pdd, args.license, HfApi())
+
+
+def _eval_accelerator(args: argparse.Namespace):
+    """The evaluation's ``Accelerator``, with the ``--tracker`` (logging under ``--tracker-dir``, else
+    beside the output: ``OUTPUT.logs/``)."""
+    from pdd_hub.runtime import make_accelerator
+    from pdd_hub.tracking import tracker_kwargs
+
+    logs = Path(args.tracker_dir) if args.tracker_dir else Path(args.output).with_suffix(".logs")
+    return make_accelerator(cpu=args.cpu, **tracker_kwargs(args.tracker, logs))
+
+
+def _share_report(args: argparse.Namespace, accelerator, report, pdd, plot: Path) -> None:
+    """``eval --tracker``: the results to the tracker; ``eval --push-to-hub``: onto the export's card."""
+    from pdd_hub.tracking import log_eval_report
+
+    if args.tracker != "none":
+        accelerator.init_trackers("pdd-hub-eval", config={"export": args.synthetic, "real": args.real})
+        log_eval_report(accelerator, report, plot)
+        accelerator.end_training()
+    if args.push_to_hub:
+        _publish(pdd, args.push_to_hub, args, [args.output])
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -170,6 +220,7 @@ def _select(args: argparse.Namespace) -> int:
 def _select_and_export(args: argparse.Namespace, scoring) -> int:
     from pdd_hub.augment import DEFAULT_STRATEGY
     from pdd_hub.data import Preprocess, load_real_data
+    from pdd_hub.data.transforms import normalization_constants
     from pdd_hub.rng import stream
     from pdd_hub.runtime import make_accelerator
     from pdd_hub.selection.select import select_and_export
@@ -186,7 +237,10 @@ def _select_and_export(args: argparse.Namespace, scoring) -> int:
     if args.train_per_class is not None:
         keep = real.train.sample_per_class(args.train_per_class, stream(args.seed, "subset"))
         real.train = real.train.subset(keep.sort().values)
-    preprocess = Preprocess.fit(real.train.images, normalize=not args.no_normalize, zca=args.zca)
+    mean, std = normalization_constants(args.normalization, args.mean, args.std)
+    preprocess = Preprocess.fit(
+        real.train.images, normalize=not args.no_normalize, zca=args.zca, mean=mean, std=std
+    )
     folder = select_and_export(
         args.output,
         real,
@@ -235,21 +289,88 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from pdd_hub.hub import export_files, push_to_hub
+    from pdd_hub.hub import load_pdd
 
-    if args.dry_run:
-        files, skipped = export_files(args.folder)
-        total = sum((Path(args.folder) / f).stat().st_size for f in files)
-        print(
-            f"would upload {len(files)} files ({total / 2**20:.2f} MiB) to the dataset repo {args.repo_id}:"
-        )
-        print("\n".join(f"  {f}" for f in files))
-        if skipped:
-            print("not uploaded (not part of the export format): " + ", ".join(skipped))
-        return 0
-    url = push_to_hub(args.folder, args.repo_id, private=args.private, revision=args.revision)
-    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+    _publish(load_pdd(args.folder), args.repo_id, args, args.results)
     return 0
+
+
+def _publish(pdd, repo_id: str, args: argparse.Namespace, results: list[str]) -> None:
+    """Push ``pdd`` with the push options in ``args`` and say what happened (token: HF_TOKEN or the
+    cached login)."""
+    from huggingface_hub import HfApi
+
+    from pdd_hub.publish import push_export
+
+    result = push_export(pdd, repo_id, _push_options(args, results), HfApi())
+    if args.dry_run:
+        print(f"dry run: {pdd.path}\n{result.plan.describe()}")
+        return
+    where = f"pull request {result.pr_url}" if result.pr_url else result.commit_url
+    tagged = f", tagged {result.tag}" if result.tag else ""
+    print(f"pushed {pdd.path} to {repo_id}: {where}{tagged}")
+
+
+def _import_pt(args: argparse.Namespace) -> int:
+    from pdd_hub.data.transforms import normalization_constants
+    from pdd_hub.interop import ImportSettings, ReferenceNormalization, import_pt
+
+    mean, std = normalization_constants(args.normalization, args.mean, args.std)
+    folder = import_pt(
+        args.src,
+        args.output,
+        real=args.real,
+        normalization=ReferenceNormalization(zca=args.zca, zca_eps=args.zca_eps, mean=mean, std=std),
+        settings=ImportSettings(
+            method=args.method,
+            distill_model=args.distill_model,
+            lr=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            augment=args.augment,
+        ),
+    )
+    print(
+        f"wrote {folder}; evaluate it with pdd-hub eval {folder} --real {args.real or 'DATASET'} --model ..."
+    )
+    return 0
+
+
+def _export_pt(args: argparse.Namespace) -> int:
+    from pdd_hub.interop import export_pt
+
+    out = export_pt(args.export, args.output, layout=args.layout)
+    print(f"wrote {out}/stage_*/ ({args.layout} file names, stages 1..k in stage_k)")
+    return 0
+
+
+def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
+    from pdd_hub.interop import LAYOUTS, ImportSettings
+
+    defaults = ImportSettings()
+    im = sub.add_parser(
+        "import-pt", help="turn the .pt tensors of MTT / ProgressiveDD / DD-Ranking into an export"
+    )
+    im.add_argument("src", help="folder of saved tensors (see docs/INTEROP.md for the layouts read)")
+    im.add_argument("output", help="export folder to write")
+    im.add_argument("--real", default=None, help="the dataset the tensors were distilled from")
+    im.add_argument("--zca", action="store_true", help="the images are ZCA-whitened as the MTT family does")
+    im.add_argument("--zca-eps", type=float, default=0.1)
+    add_normalization_options(im)
+    im.add_argument("--method", default=defaults.method, help="the base method that made them (default mtt)")
+    im.add_argument("--distill-model", default=defaults.distill_model)
+    im.add_argument("--lr", type=float, default=None, help="training LR where the files hold none")
+    im.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs per stage")
+    im.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    im.add_argument("--augment", default=defaults.augment, help="training augmentation (pdd-hub notation)")
+    im.set_defaults(func=_import_pt)
+    ex = sub.add_parser(
+        "export-pt", help="write an export as .pt tensors for ProgressiveDD / MTT / DD-Ranking"
+    )
+    ex.add_argument("export", help="export folder or Hub dataset repo id")
+    ex.add_argument("output", help="folder to write stage_1/, stage_2/, ... into")
+    ex.add_argument("--layout", choices=sorted(LAYOUTS), default="progressivedd")
+    ex.set_defaults(func=_export_pt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,14 +394,39 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--json", action="store_true", help="also print the whole pdd_schedule.json")
     sh.set_defaults(func=_show)
     _add_select_parser(sub)
+    _add_interop_parsers(sub)
     pu = sub.add_parser("push", help="upload an export folder to a Hub dataset repo")
     pu.add_argument("folder")
     pu.add_argument("repo_id")
-    pu.add_argument("--private", action="store_true")
-    pu.add_argument("--revision", default=None)
-    pu.add_argument("--dry-run", action="store_true", help="list the files push would upload, upload nothing")
+    add_push_options(pu)
     pu.set_defaults(func=_push)
     return parser
+
+
+def add_push_options(parser: argparse.ArgumentParser, eval_command: bool = False) -> None:
+    """The options of ``pdd-hub push``; ``eval --push-to-hub`` takes them too, less ``--results``
+    (the evaluation's own) and with ``--push-revision`` (its ``--revision`` names the export's)."""
+    parser.add_argument("--private", action="store_true", default=None, help="create the repo private")
+    parser.add_argument(
+        "--push-revision" if eval_command else "--revision",
+        dest="push_revision",
+        default=None,
+        help="branch to push to (created from main if missing)",
+    )
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--tag", default=None, help="tag the pushed commit, e.g. v1.0")
+    parser.add_argument(
+        "--license", default=None, help="Hub license id (default: the source dataset's, when it names one)"
+    )
+    if not eval_command:
+        parser.add_argument(
+            "--results",
+            action="append",
+            default=[],
+            help="a pdd-hub eval JSON to add to the card and the repo (repeatable)",
+        )
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -325,6 +471,19 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--cpu", action="store_true", help="force the CPU even if a GPU is present")
     ev.add_argument(
+        "--tracker",
+        default="none",
+        help="log the results to a tracker accelerate supports (tensorboard, wandb, trackio, mlflow, ...)",
+    )
+    ev.add_argument("--tracker-dir", default=None, help="the tracker's log folder (default: OUTPUT.logs)")
+    ev.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO",
+        help="push the export with these results on its card (and the JSON in the repo) to REPO",
+    )
+    add_push_options(ev, eval_command=True)
+    ev.add_argument(
         "--no-resume",
         action="store_true",
         help="retrain every run instead of reusing finished ones saved in OUTPUT with suffix .runs/",
@@ -353,6 +512,7 @@ def _add_select_parser(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--output", required=True, help="export folder to write")
     se.add_argument("--zca", action="store_true", help="ZCA-whiten (as the MTT family does)")
     se.add_argument("--no-normalize", action="store_true", help="skip mean/std normalisation")
+    add_normalization_options(se)
     se.add_argument("--lr", type=float, default=0.01, help="training LR recorded for every stage")
     se.add_argument("--epochs", type=int, default=500, help="training epochs recorded for every stage")
     se.add_argument("--seed", type=int, default=0)
@@ -361,6 +521,24 @@ def _add_select_parser(sub: argparse._SubParsersAction) -> None:
     se.add_argument("--image-column", default=None)
     se.add_argument("--label-column", default=None)
     se.set_defaults(func=_select)
+
+
+def add_normalization_options(parser: argparse.ArgumentParser) -> None:
+    """Fixed normalisation constants instead of the ones measured on the training split."""
+    from pdd_hub.data.transforms import NORMALIZATION_PRESETS
+
+    parser.add_argument(
+        "--mean", type=float, nargs="+", default=None, help="per-channel mean, e.g. 0.4914 0.4822 0.4465"
+    )
+    parser.add_argument(
+        "--std", type=float, nargs="+", default=None, help="per-channel std, e.g. 0.2023 0.1994 0.2010"
+    )
+    parser.add_argument(
+        "--normalization",
+        choices=sorted(NORMALIZATION_PRESETS),
+        default=None,
+        help="the reference code's constants for a dataset (cifar10: the literature's CIFAR-10 mean and std)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

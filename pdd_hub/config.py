@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from pdd_hub.errors import ConfigError, UnknownNameError
+from pdd_hub.tracking import TRACKERS, check_tracker
 from pdd_hub.validate import config_number_rule
 
 
@@ -160,7 +161,7 @@ class PDDConfig:
     compile: bool = False  # torch.compile those networks when they train one at a time (not stacked)
     log_every: int = positive(10)
     checkpoint_every: int = positive(50)
-    tracker: str = one_of("none", "tensorboard")
+    tracker: str = one_of("none", *TRACKERS)  # any tracker accelerate supports
     progress: bool = True
     real_sampling: str = one_of("uniform", "importance")  # how a method draws its real batches
     # sections
@@ -478,13 +479,7 @@ def validate(config: PDDConfig) -> None:
         check_model_name(config.model)
     except ValueError as exc:
         raise ConfigError(f"config key 'model': {exc}") from exc
-    if config.tracker == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError(
-                "config key 'tracker' is 'tensorboard' but tensorboard is not installed"
-            ) from exc
+    check_tracker(config.tracker, key="config key 'tracker'")
 
 
 def _check_rules(section: Any, prefix: str) -> None:

@@ -196,7 +196,8 @@ def distill_stage(
         if (it + 1) % config.log_every == 0:
             seconds = (time.perf_counter() - tick) / config.log_every
             tick = time.perf_counter()
-            log_progress(ctx.stage, it + 1, loss, distiller.log_values(), seconds, log_metrics)
+            values = {**distiller.log_values(), "lr_img": state.optimizer.param_groups[0]["lr"]}
+            log_progress(ctx.stage, it + 1, loss, values, seconds, log_metrics)
     bar.close()
     return state.best
 

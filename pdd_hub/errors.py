@@ -50,3 +50,7 @@ class CorruptStateError(PDDError, ValueError):
 
 class OutputError(PDDError, OSError):
     """An output folder cannot be used: locked by another run, not writable, or its disk is full."""
+
+
+class ResultsFormatError(PDDError, ValueError):
+    """An evaluation results file (``pdd-hub eval --output``) is unreadable or belongs to another export."""

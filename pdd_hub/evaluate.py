@@ -25,6 +25,7 @@ from pdd_hub.errors import CorruptStateError, DatasetFormatError
 from pdd_hub.hub import PDDDataset, SyntheticStage, stage_checksum
 from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
+from pdd_hub.registry import METHODS
 from pdd_hub.rng import stream
 from pdd_hub.runtime import batch_networks_by_default, make_accelerator
 from pdd_hub.train import plan_stages, recipe_augmentations, train_many
@@ -42,6 +43,9 @@ class EvalReport:
     phases: list[str]
     epochs: list[int]
     accuracies: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    dataset: str = ""  # the source dataset the export was made from
+    method: str = ""  # the export's method
+    stages: list[str | None] = field(default_factory=list)  # the export's stage checksums
 
     def summary(self) -> dict[str, list[tuple[float, float]]]:
         """(mean, std) over seeds after each phase, per model (std 0 with one seed)."""
@@ -77,6 +81,9 @@ class EvalReport:
             "epochs": self.epochs,
             "accuracy": {m: {str(s): a for s, a in sorted(v.items())} for m, v in self.accuracies.items()},
             "summary": {m: [{"mean": a, "std": b} for a, b in pts] for m, pts in self.summary().items()},
+            "dataset": self.dataset,
+            "method": self.method,
+            "stages": self.stages,
         }
 
     def save_json(self, path: str | Path) -> Path:
@@ -87,9 +94,13 @@ class EvalReport:
         from pdd_hub.viz import plot_accuracy_per_stage
 
         labels = [p.replace("stage_", "") for p in self.phases]
-        return plot_accuracy_per_stage(
-            self.summary(), path, title=f"{Path(self.export).name}: {self.mode}", xlabels=labels
-        )
+        return plot_accuracy_per_stage(self.summary(), path, title=self.title(), xlabels=labels)
+
+    def title(self) -> str:
+        """``<dataset>: <method> (<mode>)``, e.g. ``cifar10: PDD + MTT (progressive)``."""
+        name = Path(self.dataset).name if self.dataset else Path(self.export).name
+        method = f"PDD + {self.method.upper()}" if self.method in METHODS else self.method
+        return f"{name}: {method} ({self.mode})" if method else f"{name} ({self.mode})"
 
 
 def random_baseline(pdd: PDDDataset, real_train: ImageSet, seed: int = 0) -> PDDDataset:
@@ -245,6 +256,9 @@ def evaluate_export(
         phases=[p.name for p in plans],
         epochs=[p.epochs for p in plans],
         accuracies={name + tag: {} for name in model_names},
+        dataset=str(pdd.schedule.source.get("dataset", "")),
+        method=pdd.schedule.method,
+        stages=[spec.sha256 for spec in pdd.schedule.stages],
     )
     for label, seed, accs in results:
         report.accuracies[label][seed] = accs

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from pdd_hub.card import render_card
 from pdd_hub.data.transforms import Preprocess
 from pdd_hub.errors import ExportFormatError, ExportNotFoundError, HubPushError
 from pdd_hub.io import load_tensors, read_json, save_json, tensors_sha256
@@ -37,6 +38,7 @@ from pdd_hub.outputs import check_writable, output_lock
 from pdd_hub.validate import check_literal_path, check_schedule, confined_file
 
 if TYPE_CHECKING:
+    from pdd_hub.publish import PushOptions
     from pdd_hub.train import TrainingRecipe
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ EXPORT_PATTERNS = (
     PREPROCESS_FILE,
     f"{DATA_DIR}/stage_*-*.parquet",
     f"{GRID_DIR}/stage_*.png",
+    "results/eval-*.json",  # pdd-hub eval results put on the card (pdd_hub.results)
 )
 
 
@@ -259,13 +262,16 @@ def export_pdd(
     """Write an export to ``folder`` atomically: everything goes to a temporary sibling folder that
     replaces ``folder`` only once complete, so a crash never leaves a half-written export. The schedule
     is checked and stripped of local paths first; a second writer of ``folder`` is refused."""
+    from pdd_hub.card import source_license
+
     folder = Path(folder)
     _check_stages_match(schedule, stages)
+    license = source_license(schedule)  # while the source still names where it is on this machine
     schedule = schedule_to_publish(schedule, folder)
     with output_lock(folder):
         check_writable(folder.parent, min_free=_export_bytes(stages))
         recover_interrupted_export(folder)
-        _write_export(folder, schedule, stages, preprocess, title)
+        _write_export(folder, schedule, stages, preprocess, title=title, license=license)
     return folder
 
 
@@ -301,7 +307,9 @@ def _write_export(
     schedule: Schedule,
     stages: list[tuple[torch.Tensor, torch.Tensor]],
     preprocess: Preprocess,
+    *,
     title: str | None,
+    license: str | None,
 ) -> None:
     import datasets
 
@@ -310,13 +318,7 @@ def _write_export(
     try:
         (tmp / DATA_DIR).mkdir()
         (tmp / GRID_DIR).mkdir()
-        features = datasets.Features(
-            {
-                "image": datasets.Array3D(shape=tuple(schedule.image_shape), dtype="float32"),
-                "label": datasets.ClassLabel(names=schedule.class_names),
-                "preview": datasets.Image(),
-            }
-        )
+        features = stage_features(schedule)
         from pdd_hub.viz import save_image_grid, to_uint8_pictures
 
         for spec, (images, labels) in zip(schedule.stages, stages):
@@ -334,7 +336,13 @@ def _write_export(
                 features=features,
             )
             ds.to_parquet(str(tmp / DATA_DIR / f"{spec.split}-00000-of-00001.parquet"))
-            save_image_grid(pictures, labels, schedule.num_classes, tmp / GRID_DIR / f"{spec.split}.png")
+            save_image_grid(
+                pictures,
+                labels,
+                schedule.num_classes,
+                tmp / GRID_DIR / f"{spec.split}.png",
+                class_names=schedule.class_names,
+            )
 
         checked = [
             replace(spec, sha256=stage_checksum(*stage)) for spec, stage in zip(schedule.stages, stages)
@@ -344,11 +352,27 @@ def _write_export(
         tensors = preprocess.tensors()
         if tensors:
             save_file(tensors, str(tmp / PREPROCESS_FILE))
-        render_card(schedule, tmp / CARD_FILE, title=title)
+        # the folder by name: a card must not publish where it lies on this machine (push renders it
+        # again with the repo id)
+        render_card(schedule, tmp / CARD_FILE, title=title, location=folder.name, license=license)
         _swap_into_place(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stage_features(schedule: Schedule):
+    """The ``datasets.Features`` of every split: the exact float32 images, the labels with their
+    class names, and a uint8 preview for the Hub's viewer."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "image": datasets.Array3D(shape=tuple(schedule.image_shape), dtype="float32"),
+            "label": datasets.ClassLabel(names=schedule.class_names),
+            "preview": datasets.Image(),
+        }
+    )
 
 
 def _check_stages_match(schedule: Schedule, stages: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -409,51 +433,6 @@ def recover_interrupted_export(folder: str | Path) -> bool:
     os.rename(backups[-1], folder)
     logger.warning("restored %s from an interrupted export", folder)
     return True
-
-
-def render_card(schedule: Schedule, path: Path, *, title: str | None = None) -> None:
-    """Render the dataset card (README.md) from the template in ``model_cards/``."""
-    from importlib.resources import files
-
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    splits = schedule.split_names
-    source = schedule.source.get("dataset", "unknown")
-    title = title or f"{Path(str(source)).name} distilled by PDD + {schedule.method.upper()}"
-    card_data = DatasetCardData(
-        pretty_name=title,
-        task_categories=["image-classification"],
-        tags=["dataset-distillation", "progressive-dataset-distillation", "pdd-hub", "synthetic"],
-        configs=[
-            {
-                "config_name": "default",
-                "data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in splits],
-            }
-        ],
-        pdd={
-            "format_version": schedule.format_version,
-            "method": schedule.method,
-            "distill_model": schedule.distill_model,
-            "num_stages": len(splits),
-            "stages": [
-                {"split": s.split, "ipc": s.ipc, "lr": s.lr, "epochs": s.epochs} for s in schedule.stages
-            ],
-            "source_dataset": str(source),
-            "image_shape": list(schedule.image_shape),
-            "zca": bool(schedule.preprocess.get("zca")),
-        },
-    )
-    template = files("pdd_hub.model_cards").joinpath(CARD_TEMPLATE).read_text()
-    card = DatasetCard.from_template(
-        card_data,
-        template_str=template,
-        title=title,
-        schedule=schedule,
-        total_ipc=sum(s.ipc for s in schedule.stages),
-        source=source,
-        grid_dir=GRID_DIR,
-    )
-    path.write_text(str(card))
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -735,21 +714,22 @@ def export_files(folder: str | Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(others)
 
 
-def check_push(folder: Path, repo_id: str, api: Any) -> tuple[PDDDataset, list[str]]:
-    """Everything a push needs, checked before anything is created on the Hub: the export loads,
-    its files (:func:`export_files`) are regular files within the Hub's size limit, the token works."""
-    pdd = load_pdd(folder)  # never publish an export that does not load
-    files, _ = export_files(folder)
+def check_push(pdd: PDDDataset, repo_id: str, api: Any, *, token: bool = True) -> tuple[list[str], list[str]]:
+    """Everything a push needs, checked before anything is created on the Hub: the export's files
+    (:func:`export_files`: ``(files, others)``) are regular files within the Hub's size limit and,
+    with ``token``, the token works."""
+    files, others = export_files(pdd.path)
     for name in files:
-        size = (folder / name).stat().st_size
+        size = (pdd.path / name).stat().st_size
         if size > MAX_FILE_BYTES:
-            raise HubPushError(f"{folder / name} has {size} bytes, more than the Hub takes in one file")
-    try:
-        api.whoami()
-    except Exception as exc:
-        cause = push_failure_cause(exc, repo_id, None)
-        raise HubPushError(f"cannot push {folder} to the dataset repo {repo_id!r}: {cause}") from exc
-    return pdd, files
+            raise HubPushError(f"{pdd.path / name} has {size} bytes, more than the Hub takes in one file")
+    if token:
+        try:
+            api.whoami()
+        except Exception as exc:
+            cause = push_failure_cause(exc, repo_id, None)
+            raise HubPushError(f"cannot push {pdd.path} to the dataset repo {repo_id!r}: {cause}") from exc
+    return files, others
 
 
 def push_failure_cause(exc: Exception, repo_id: str, revision: str | None) -> str:
@@ -792,43 +772,24 @@ def push_to_hub(
     revision: str | None = None,
     endpoint: str | None = None,
     commit_message: str | None = None,
+    options: PushOptions | None = None,
 ) -> str:
-    """Check (:func:`check_push`), then ``create_repo`` + ``upload_folder`` the export's files (and no
-    other) as a dataset repo. A repo this push created is deleted again if the upload fails, so no
-    empty repo is left behind. The token comes from ``token``, ``HF_TOKEN`` or the cached login, and
-    is never written anywhere."""
+    """Validate the export, then publish it to the dataset repo ``repo_id`` with ``options`` (branch,
+    pull request, tag, license, results, dry run: :mod:`pdd_hub.publish`); returns the commit (or
+    pull request) URL. The token comes from ``token``, ``HF_TOKEN`` or the cached login, and is never
+    written anywhere."""
     from huggingface_hub import HfApi
 
-    folder = Path(folder)
-    api = HfApi(endpoint=endpoint, token=token)
-    pdd, files = check_push(folder, repo_id, api)
-    created = False
-    try:
-        created = not api.repo_exists(repo_id, repo_type="dataset")
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            repo_type="dataset",
-            revision=revision,
-            commit_message=commit_message
-            or f"pdd-hub export: {pdd.num_stages} stages ({pdd.schedule.method})",
-            allow_patterns=files,  # exactly the files checked above
-            # a re-push with fewer stages must not leave stale splits behind
-            delete_patterns=[f"{DATA_DIR}/*", f"{GRID_DIR}/*"],
-        )
-    except Exception as exc:  # HTTP errors, refused connections, offline mode: all the user's to fix
-        cleanup = _delete_new_repo(api, repo_id) if created else ""
-        cause = push_failure_cause(exc, repo_id, revision)
-        raise HubPushError(
-            f"pushing {folder} to the dataset repo {repo_id!r} failed: {cause}{cleanup}"
-        ) from exc
-    return str(getattr(info, "commit_url", info))
+    from pdd_hub.publish import PushOptions, push_export
 
-
-def _delete_new_repo(api: Any, repo_id: str) -> str:
-    try:
-        api.delete_repo(repo_id, repo_type="dataset")
-    except Exception as exc:  # the push already failed; say what is left behind
-        return f" (the repo this push created could not be deleted: {type(exc).__name__}; delete it by hand)"
-    return " (the repo this push created was deleted again)"
+    options = replace(
+        options or PushOptions(),
+        **{
+            k: v
+            for k, v in {"private": private, "revision": revision, "commit_message": commit_message}.items()
+            if v is not None
+        },
+    )
+    pdd = load_pdd(folder)  # never publish an export that does not load
+    result = push_export(pdd, repo_id, options, HfApi(endpoint=endpoint, token=token))
+    return result.pr_url or result.commit_url or result.plan.describe()

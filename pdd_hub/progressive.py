@@ -35,6 +35,7 @@ from pdd_hub.rng import stream
 from pdd_hub.run import FinishedStage, Run
 from pdd_hub.runtime import make_accelerator
 from pdd_hub.selection import selection_indices
+from pdd_hub.tracking import log_stage
 from pdd_hub.train import StagePlan, TrainingRecipe, train_many
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def distil_one_stage(
     info = {"pool": pool_info, "init_indices": init_indices, "distillation": made}
     done = decoded(distiller, result.images.cpu(), result.labels.cpu(), lr, result.val_acc, info)
     run.save_finished(stage, done, result.history)
+    log_stage(run.accelerator, stage, run.layout.grid_file(stage), done.val_acc, lr)
     run.checkpoint.clear()
     logger.info("stage %d finished: val acc %.4f, lr %.4g", stage, done.val_acc, lr)
     return done

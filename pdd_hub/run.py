@@ -16,7 +16,7 @@ finished stages, start states and the export.
   grids/stage_K.png            each stage's stored images, written as it finishes
   accuracy_per_stage.png       validation accuracy after each stage
   validation_curves.png        validation accuracy per distillation iteration, one line per stage
-  logs/                        tracker logs (tensorboard)
+  logs/                        tracker logs (tensorboard, aim, ...: any tracker accelerate supports)
   dataset/                     the Hub-layout export, rewritten after every finished stage
 """
 
@@ -385,6 +385,7 @@ class Run:
             finished.stored_labels,
             self.num_classes,
             self.layout.grid_file(stage),
+            class_names=self.real.class_names,
         )
         self.plot_validation_curves(stage)
 

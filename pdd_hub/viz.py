@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from pdd_hub.io import atomic_path
 
@@ -20,9 +20,15 @@ def to_uint8_pictures(images: torch.Tensor) -> torch.Tensor:
 
 
 def image_grid(
-    pictures: torch.Tensor, labels: torch.Tensor, num_classes: int, min_cell: int = 64, pad: int = 2
+    pictures: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    min_cell: int = 64,
+    pad: int = 2,
+    class_names: list[str] | None = None,
 ) -> Image.Image:
-    """One row per class, its images left to right; small images are upscaled to ``min_cell`` px."""
+    """One row per class, its images left to right, the class's name on its left (``class_names``);
+    small images are upscaled to ``min_cell`` px."""
     pictures, labels = pictures.cpu(), labels.cpu()
     _, h, w, c = pictures.shape
     rows = [pictures[labels == k] for k in range(num_classes)]
@@ -35,7 +41,26 @@ def image_grid(
             big = pic.numpy().repeat(scale, 0).repeat(scale, 1)
             y, x = pad + k * (cell_h + pad), pad + j * (cell_w + pad)
             canvas[y : y + cell_h, x : x + cell_w] = big
-    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    grid = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    return grid if class_names is None else with_row_names(grid, class_names, cell_h + pad, pad)
+
+
+def with_row_names(grid: Image.Image, names: list[str], row_height: int, pad: int) -> Image.Image:
+    """``grid`` with ``names[k]`` written left of its k-th row (rows ``row_height`` px apart)."""
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(grid)
+    widths = [measure.textlength(name, font=font) for name in names]
+    margin = int(max(widths, default=0)) + 3 * pad
+    white = 255 if grid.mode == "L" else (255, 255, 255)
+    named = Image.new(grid.mode, (grid.width + margin, grid.height), white)
+    named.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(named)
+    black = 0 if grid.mode == "L" else (0, 0, 0)
+    for k, name in enumerate(names):
+        top, bottom = draw.textbbox((0, 0), name, font=font)[1::2]
+        y = pad + k * row_height + (row_height - pad - (bottom - top)) // 2 - top
+        draw.text((pad, y), name, fill=black, font=font)
+    return named
 
 
 def save_image_grid(

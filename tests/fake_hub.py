@@ -2,8 +2,9 @@
 
 It serves just enough of the Hub's API for the real `huggingface_hub` client (2.x) to run
 `create_repo`, `delete_repo`, `upload_folder` / `upload_file` / `create_commit`, `repo_info`,
-`list_repo_files` / `list_repo_tree` / `list_repo_commits`, `whoami`, `hf_hub_download` and
-`snapshot_download` against it, for model, dataset and space repos::
+`list_repo_files` / `list_repo_tree` / `list_repo_commits`, `whoami`, `hf_hub_download`,
+`snapshot_download`, `create_branch`, `create_tag` and pull requests (`create_pr=True`,
+`create_pull_request`) against it, for model, dataset and space repos::
 
     with FakeHub() as hub:
         api = HfApi(endpoint=hub.url, token=FAKE_TOKEN)
@@ -63,6 +64,10 @@ _REPO_API = re.compile(
 _RESOLVE = re.compile(
     r"^/(?:(?P<plural>datasets|spaces)/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
 )
+_REFS_API = re.compile(
+    r"^/api/(?P<plural>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
+    r"/(?P<action>branch|tag|discussions)(?:/(?P<ref>[^/]+))?/?$"
+)
 _RANGE = re.compile(r"^bytes=(?P<start>\d+)-(?P<end>\d*)$")
 
 
@@ -109,10 +114,13 @@ class _Repo:
     private: bool
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    pull_requests: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def resolve(self, revision: str) -> Commit | None:
-        """A branch name or a full commit sha -> that commit, or None."""
-        return self.commits.get(self.branches.get(revision, revision))
+        """A branch or tag name (``refs/pr/N`` for a pull request) or a full commit sha -> that
+        commit, or None."""
+        return self.commits.get(self.branches.get(revision, self.tags.get(revision, revision)))
 
 
 @dataclass
@@ -251,6 +259,22 @@ class FakeHub:
                 commit = repo.commits.get(commit.parent) if commit.parent is not None else None
             return history
 
+    def branches(self, repo_id: str, repo_type: str = "dataset") -> dict[str, str]:
+        """Branch name -> head commit sha (pull requests are the branches ``refs/pr/N``)."""
+        with self._lock:
+            return dict(self._repo_for_test(repo_id, repo_type).branches)
+
+    def tags(self, repo_id: str, repo_type: str = "dataset") -> dict[str, str]:
+        """Tag name -> commit sha."""
+        with self._lock:
+            return dict(self._repo_for_test(repo_id, repo_type).tags)
+
+    def pull_requests(self, repo_id: str, repo_type: str = "dataset") -> dict[int, dict[str, Any]]:
+        """Pull request number -> its title and description."""
+        with self._lock:
+            repo = self._repo_for_test(repo_id, repo_type)
+            return {num: dict(pr) for num, pr in repo.pull_requests.items()}
+
     def create_repo(self, repo_id: str, repo_type: str = "dataset", private: bool = False) -> None:
         """Create a repo directly (no HTTP), e.g. to seed a repo that a test only downloads from."""
         with self._lock:
@@ -377,6 +401,10 @@ class FakeHub:
             self._check_read(repo, token)
             return self._resolve(repo, unquote(match["rev"]), unquote(match["path"]))
 
+        if match := _REFS_API.match(raw_path):
+            repo = self._get_repo(_TYPE_FROM_PLURAL[match["plural"]], f"{match['ns']}/{match['name']}")
+            return self._refs(repo, method, match["action"], unquote(match["ref"] or ""), body, token)
+
         if match := _REPO_API.match(raw_path):
             repo = self._get_repo(_TYPE_FROM_PLURAL[match["plural"]], f"{match['ns']}/{match['name']}")
             action, revision = match["action"], unquote(match["rev"] or "main")
@@ -397,7 +425,8 @@ class FakeHub:
             if route == ("POST", "commit"):
                 self._require_token(token)
                 if _flag(query, "create_pr"):
-                    raise _HubError(400, "FakeHub does not support pull requests (create_pr)")
+                    # the commit goes to a new pull request's branch, opened against `revision`
+                    revision = self._open_pull_request(repo, revision, "", "")
                 return self._commit(repo, revision, body)
 
         raise _HubError(404, f"FakeHub does not implement {method} {raw_path}")
@@ -567,7 +596,66 @@ class FakeHub:
                 "success": True,
                 "commitOid": commit.oid,
                 "commitUrl": f"{self._repo_url(repo)}/commit/{commit.oid}",
-                "pullRequestUrl": None,
+                "pullRequestUrl": (
+                    f"{self._repo_url(repo)}/discussions/{branch.rsplit('/', 1)[1]}"
+                    if branch.startswith("refs/pr/")
+                    else None
+                ),
+            }
+        )
+
+    def _refs(
+        self, repo: _Repo, method: str, action: str, ref: str, body: bytes, token: str | None
+    ) -> _Response:
+        """Branches, tags and pull requests (discussions that are pull requests)."""
+        if action == "discussions" and method == "GET" and ref:
+            self._check_read(repo, token)
+            return self._pull_request_details(repo, int(ref))
+        if method != "POST":
+            raise _HubError(405, f"FakeHub does not implement {method} on {action}")
+        self._require_token(token)
+        payload = _json_body(body)
+        if action == "branch":
+            if ref in repo.branches:
+                raise _HubError(409, f"Reference already exists: refs/heads/{ref}")
+            start = self._get_commit(repo, payload.get("startingPoint") or "main")
+            repo.branches[ref] = start.oid
+            return _Response.of_json({})
+        if action == "tag":
+            if payload["tag"] in repo.tags:
+                raise _HubError(409, f"Tag {payload['tag']} already exists")
+            repo.tags[payload["tag"]] = self._get_commit(repo, ref or "main").oid
+            return _Response.of_json({})
+        if not payload.get("pullRequest"):
+            raise _HubError(400, "FakeHub only supports discussions that are pull requests")
+        title, description = payload.get("title", ""), payload.get("description", "")
+        branch = self._open_pull_request(repo, "main", title, description)
+        return _Response.of_json({"num": int(branch.rsplit("/", 1)[1])})
+
+    def _open_pull_request(self, repo: _Repo, base: str, title: str, description: str) -> str:
+        """A new pull request against ``base``: its branch ``refs/pr/N`` starts at ``base``'s head."""
+        num = max(repo.pull_requests, default=0) + 1
+        head = self._get_commit(repo, base)
+        repo.pull_requests[num] = {"title": title, "description": description, "base": base}
+        repo.branches[f"refs/pr/{num}"] = head.oid
+        return f"refs/pr/{num}"
+
+    def _pull_request_details(self, repo: _Repo, num: int) -> _Response:
+        pr = repo.pull_requests.get(num)
+        if pr is None:
+            raise _HubError(404, f"Discussion {num} not found")
+        return _Response.of_json(
+            {
+                "num": num,
+                "title": pr["title"],
+                "author": {"name": self.username},
+                "createdAt": _hub_date(datetime.now(timezone.utc)),
+                "status": "draft",
+                "repo": {"name": repo.repo_id, "type": repo.repo_type},
+                "isPullRequest": True,
+                "events": [],
+                "changes": {"base": f"refs/heads/{pr['base']}"},
+                "filesWithConflicts": [],
             }
         )
 

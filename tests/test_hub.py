@@ -23,11 +23,13 @@ from pdd_hub.hub import (
     recover_interrupted_export,
     stage_split_name,
 )
+from pdd_hub.publish import PushOptions
 from tests.fake_hub import FAKE_TOKEN
 from tests.fake_hub import fake_hub as fake_hub_fixture
 from tests.helpers import random_stages
 
 fake_hub = fake_hub_fixture
+MIT = PushOptions(license="mit")  # the toy exports' source names no license
 SHAPE = (3, 8, 8)
 CLASSES = ["cat", "dog", "eel"]
 
@@ -221,7 +223,7 @@ def test_incomplete_folder_and_missing_files(tmp_path):
 # --- Hub: push and pull through the real huggingface_hub client, against a local fake Hub --------
 def test_push_then_load_from_repo_id(tmp_path, fake_hub):
     _, stages, _ = make_export(tmp_path / "e")
-    url = push_to_hub(tmp_path / "e", "org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN)
+    url = push_to_hub(tmp_path / "e", "org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
     assert "org/toy-pdd" in url
     files = fake_hub.files("org/toy-pdd")
     assert {
@@ -236,7 +238,7 @@ def test_push_then_load_from_repo_id(tmp_path, fake_hub):
         assert torch.equal(loaded.images, images) and torch.equal(loaded.labels, labels)
     # a second push with fewer stages removes the stale split
     make_export(tmp_path / "e2", num_stages=2, seed=1)
-    push_to_hub(tmp_path / "e2", "org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN)
+    push_to_hub(tmp_path / "e2", "org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
     assert "data/stage_3-00000-of-00001.parquet" not in fake_hub.files("org/toy-pdd")
     assert load_pdd("org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN).num_stages == 2
     first = fake_hub.commits("org/toy-pdd")[-2].oid  # the first push is still reachable by revision
@@ -252,7 +254,7 @@ def test_push_refuses_a_broken_export_and_reports_auth_errors(tmp_path, fake_hub
     make_export(tmp_path / "ok")
     fake_hub.valid_tokens = {"hf_good"}
     with pytest.raises(HubPushError, match="org/x") as info:
-        push_to_hub(tmp_path / "ok", "org/x", endpoint=fake_hub.url, token="hf_bad")
+        push_to_hub(tmp_path / "ok", "org/x", endpoint=fake_hub.url, token="hf_bad", options=MIT)
     assert "hf_bad" not in str(info.value)
 
 
@@ -266,7 +268,7 @@ def test_cli_push_takes_the_token_from_the_environment(tmp_path, fake_hub):
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "pdd_hub.cli", "push", str(tmp_path / "e"), "org/cli-pdd"],
+        [sys.executable, "-m", "pdd_hub.cli", "push", str(tmp_path / "e"), "org/cli-pdd", "--license", "mit"],
         capture_output=True,
         text=True,
         env=env,

@@ -108,3 +108,23 @@ def test_instance_norm_on_one_pixel_maps_is_flagged(caplog):
         check_model_builds("resnet18_cifar", 10, (3, 32, 32))
         check_model_builds("convnet_d3", 10, (1, 8, 8))
     assert caplog.text == ""
+
+
+def test_every_registered_model_has_a_pretrained_cfg_timm_reads():
+    ours = timm.list_models(module=["convnet", "resnet_cifar"])
+    assert set(REGISTERED) <= set(ours) and "convnet_d5" in ours
+    for name in ours:
+        cfg = timm.get_pretrained_cfg(name)
+        assert cfg is not None and not cfg.has_weights, name
+        assert len(cfg.input_size) == 3 and len(cfg.mean) == len(cfg.std) == 3 and cfg.num_classes > 0
+        model = timm.create_model(name)
+        assert model.pretrained_cfg["architecture"] == name
+        data = timm.data.resolve_data_config(model=model)
+        assert data["input_size"] == cfg.input_size and data["mean"] == cfg.mean
+        # the model built for the images it trains on says so
+        model = timm.create_model(name, num_classes=10, in_chans=1, img_size=8 if "d1" in name else 28)
+        size = 8 if "d1" in name else 28
+        assert timm.data.resolve_data_config(model=model)["input_size"] == (1, size, size)
+        assert len(model.pretrained_cfg["mean"]) == 1
+    assert timm.get_pretrained_cfg("convnet_d3").mean == (0.4914, 0.4822, 0.4465)
+    assert timm.get_pretrained_cfg("convnet_d4").input_size == (3, 64, 64)

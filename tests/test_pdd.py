@@ -221,21 +221,33 @@ def test_rerun_ignores_changes_to_sections_the_run_does_not_use(finished_run):
         run_pdd(used, Accelerator(cpu=True))
 
 
-def test_tensorboard_tracker_logs_loss_lr_and_validation(tmp_path):
+def test_tensorboard_tracker_logs_losses_lrs_validation_curves_and_grids(tmp_path):
     from pdd_hub.recipe import build_accelerator
 
-    config = tiny(tmp_path, num_stages=1, tracker="tensorboard")
+    config = tiny(tmp_path, tracker="tensorboard")
     run_pdd(config, build_accelerator(config))
     events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags = set()
+    scalars, images = {}, {}
     for path in events:
-        acc = EventAccumulator(str(path))
+        acc = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
         acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
-    assert {"stage_1/loss", "stage_1/lr", "stage_1/val_acc"} <= tags
+        scalars |= {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+        images |= {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
+    for stage in (1, 2):  # per stage: its loss, learned LR, image LR and validation curve
+        assert {f"stage_{stage}/{k}" for k in ("loss", "lr", "lr_img", "val_acc")} <= set(scalars)
+    assert len(scalars["stage_2/val_acc"]) > 1  # a curve, not a point
+    finals = [json.loads((tmp_path / "run" / "stages" / f"stage_{k}.json").read_text()) for k in (1, 2)]
+    assert [e.step for e in scalars["stages/val_acc"]] == [1, 2]
+    assert [e.value for e in scalars["stages/val_acc"]] == pytest.approx([f["val_acc"] for f in finals])
+    from PIL import Image
+
+    for stage in (1, 2):  # the stage grids, as written to grids/stage_K.png
+        (logged,) = images[f"stage_{stage}/grid"]
+        with Image.open(tmp_path / "run" / "grids" / f"stage_{stage}.png") as grid:
+            assert (logged.width, logged.height) == grid.size
 
 
 def test_kill_mid_stage_between_checkpoints_and_in_the_transition(tmp_path, finished_run, monkeypatch):

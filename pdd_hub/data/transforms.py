@@ -13,9 +13,36 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from pdd_hub.errors import ExportFormatError
+from pdd_hub.errors import ConfigError, ExportFormatError
 
 ZCA_EPS_DEFAULT = 0.1  # the MTT family's choice (kornia ZCAWhitening(eps=0.1))
+# The fixed (mean, std) of the dataset-condensation reference code (DC/DSA/DM, MTT, ProgressiveDD
+# utils.get_dataset), to preprocess exactly as it does; its CIFAR-100 reuses the CIFAR-10 numbers.
+NORMALIZATION_PRESETS: dict[str, tuple[list[float], list[float]]] = {
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+    "cifar100": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+    "tinyimagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "mnist": ([0.1307], [0.3081]),
+}
+
+
+def normalization_constants(
+    preset: str | None, mean: list[float] | None, std: list[float] | None
+) -> tuple[list[float] | None, list[float] | None]:
+    """``(mean, std)`` from a preset name or given values (``None``: measure them); a clear error
+    for an unknown preset, both at once, or only one of mean and std."""
+    if preset is not None:
+        if mean is not None or std is not None:
+            raise ConfigError("give either a normalisation preset or --mean/--std, not both")
+        if preset not in NORMALIZATION_PRESETS:
+            raise ConfigError(
+                f"unknown normalisation preset {preset!r}; use one of {sorted(NORMALIZATION_PRESETS)}"
+            )
+        return NORMALIZATION_PRESETS[preset]
+    if (mean is None) != (std is None):
+        raise ConfigError("give both --mean and --std (one value per channel each), or neither")
+    return mean, std
 
 
 @dataclass
@@ -105,7 +132,7 @@ class Preprocess:
             mean_t = torch.tensor(mean, dtype=torch.float32) if mean is not None else measured[0]
             std_t = torch.tensor(std, dtype=torch.float32) if std is not None else measured[1]
         if mean_t.numel() != channels or std_t.numel() != channels:
-            raise ValueError(
+            raise ConfigError(
                 f"normalisation mean/std have {mean_t.numel()}/{std_t.numel()} entries but the images have "
                 f"{channels} channels"
             )

@@ -8,10 +8,10 @@ parameters, the network behind the published PDD/MTT numbers.
 from __future__ import annotations
 
 import torch
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from pdd_hub.models.layers import ClassifierHead, make_norm, without_pretrained_kwargs
+from pdd_hub.models.layers import ClassifierHead, build_untrained, make_norm, untrained_cfg
 
 
 class ConvNet(ClassifierHead):
@@ -62,44 +62,62 @@ class ConvNet(ClassifierHead):
         return self.features(x)
 
 
-def _convnet(default_depth: int, **kwargs) -> ConvNet:
-    kwargs = without_pretrained_kwargs(kwargs)
+def _convnet(variant: str, default_depth: int, **kwargs) -> ConvNet:
     kwargs.setdefault("depth", default_depth)
-    return ConvNet(**kwargs)
+    return build_untrained(ConvNet, variant, **kwargs)
+
+
+def _cfg(size: int, num_classes: int = 10) -> dict:
+    # ConvNet's classifier reads the flattened last feature map: its input size is fixed
+    return untrained_cfg((3, size, size), num_classes, "features.0", True, imagenet_stats=size > 32)
+
+
+# what timm knows about each network (registered with it below): the input and classes it is sized
+# for by default (ConvNet-D4: Tiny-ImageNet, D5: 128 px ImageNet subsets), and the normalisation
+default_cfgs = generate_default_cfgs(
+    {
+        "convnet_d1": _cfg(32),
+        "convnet_d2": _cfg(32),
+        "convnet_d3": _cfg(32),
+        "convnet_d4": _cfg(64, 200),
+        "convnet_d5": _cfg(128),
+        "convnet_d3_bn": _cfg(32),
+    }
+)
 
 
 @register_model
 def convnet_d1(pretrained: bool = False, **kwargs) -> ConvNet:
     """ConvNet with one conv block."""
-    return _convnet(1, **kwargs)
+    return _convnet("convnet_d1", 1, **kwargs)
 
 
 @register_model
 def convnet_d2(pretrained: bool = False, **kwargs) -> ConvNet:
     """ConvNet with two conv blocks."""
-    return _convnet(2, **kwargs)
+    return _convnet("convnet_d2", 2, **kwargs)
 
 
 @register_model
 def convnet_d3(pretrained: bool = False, **kwargs) -> ConvNet:
     """ConvNet-D3, the standard distillation network for 32x32 images."""
-    return _convnet(3, **kwargs)
+    return _convnet("convnet_d3", 3, **kwargs)
 
 
 @register_model
 def convnet_d4(pretrained: bool = False, **kwargs) -> ConvNet:
     """ConvNet-D4, the standard distillation network for 64x64 images (Tiny-ImageNet)."""
-    return _convnet(4, **kwargs)
+    return _convnet("convnet_d4", 4, **kwargs)
 
 
 @register_model
 def convnet_d5(pretrained: bool = False, **kwargs) -> ConvNet:
     """ConvNet with five conv blocks (128x128 images)."""
-    return _convnet(5, **kwargs)
+    return _convnet("convnet_d5", 5, **kwargs)
 
 
 @register_model
 def convnet_d3_bn(pretrained: bool = False, **kwargs) -> ConvNet:
     """ConvNet-D3 with batch norm (the literature's ConvNetBN)."""
     kwargs.setdefault("norm", "batchnorm")
-    return _convnet(3, **kwargs)
+    return _convnet("convnet_d3_bn", 3, **kwargs)

@@ -65,8 +65,52 @@ class ClassifierHead(nn.Module):
         self.classifier = nn.Linear(self.head_in, num_classes) if num_classes > 0 else nn.Identity()
 
 
-def without_pretrained_kwargs(kwargs: dict) -> dict:
-    """timm passes ``pretrained*`` arguments to every entrypoint; these networks have no weights."""
+# the reference code's normalisation for the data each network is sized for (pdd_hub.data.transforms)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def untrained_cfg(
+    input_size: tuple[int, int, int],
+    num_classes: int,
+    first_conv: str,
+    fixed_input_size: bool,
+    imagenet_stats: bool = False,
+) -> dict:
+    """timm's ``pretrained_cfg`` of a network pdd-hub registers: no weights (no URL, no Hub id), the
+    input and classes it is sized for by default, the normalisation of the reference code for that
+    data (CIFAR's, or ImageNet's for the 64 px and larger networks), its first conv and classifier."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet_stats else (CIFAR_MEAN, CIFAR_STD)
     return {
-        k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay")
+        "input_size": input_size,
+        "num_classes": num_classes,
+        "mean": mean,
+        "std": std,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "first_conv": first_conv,
+        "classifier": "classifier",
+        "fixed_input_size": fixed_input_size,
+        "license": "apache-2.0",
     }
+
+
+def build_untrained(model_cls: type[nn.Module], variant: str, **kwargs) -> nn.Module:
+    """``model_cls(**kwargs)`` built by timm's ``build_model_with_cfg``, so that it carries its
+    ``pretrained_cfg``, with the ``input_size`` (and, for another channel count, the mean and std
+    averaged over channels) of the images it is built for. These networks have no weights:
+    ``pretrained`` is ignored."""
+    from timm.models import build_model_with_cfg, get_pretrained_cfg
+
+    kwargs.pop("pretrained", None)
+    default = get_pretrained_cfg(variant)
+    channels = kwargs.get("in_chans", default.input_size[0])
+    size = kwargs.get("img_size", default.input_size[1:])
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "input_size": (channels, height, width)}
+    if channels != len(default.mean):
+        overlay["mean"] = (sum(default.mean) / len(default.mean),) * channels
+        overlay["std"] = (sum(default.std) / len(default.std),) * channels
+    return build_model_with_cfg(
+        model_cls, variant, pretrained=False, pretrained_cfg_overlay=overlay, **kwargs
+    )

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from pdd_hub.models.layers import ClassifierHead, make_norm, without_pretrained_kwargs
+from pdd_hub.models.layers import ClassifierHead, build_untrained, make_norm, untrained_cfg
 
 
 class BasicBlock(nn.Module):
@@ -67,31 +67,39 @@ class ResNetCifar(ClassifierHead):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-def _resnet(layers: tuple[int, int, int, int], default_norm: str, **kwargs) -> ResNetCifar:
-    kwargs = without_pretrained_kwargs(kwargs)
+def _resnet(variant: str, layers: tuple[int, int, int, int], default_norm: str, **kwargs) -> ResNetCifar:
     kwargs.setdefault("norm", default_norm)
-    return ResNetCifar(layers=layers, **kwargs)
+    return build_untrained(ResNetCifar, variant, layers=layers, **kwargs)
+
+
+# what timm knows about each network: CIFAR-sized by default; global pooling takes any input size
+default_cfgs = generate_default_cfgs(
+    {
+        name: untrained_cfg((3, 32, 32), 10, "conv1", fixed_input_size=False)
+        for name in ("resnet10_cifar", "resnet18_cifar", "resnet10_cifar_bn", "resnet18_cifar_bn")
+    }
+)
 
 
 @register_model
 def resnet10_cifar(pretrained: bool = False, **kwargs) -> ResNetCifar:
     """ResNet-10 (one block per stage), CIFAR stem, instance norm."""
-    return _resnet((1, 1, 1, 1), "instancenorm", **kwargs)
+    return _resnet("resnet10_cifar", (1, 1, 1, 1), "instancenorm", **kwargs)
 
 
 @register_model
 def resnet18_cifar(pretrained: bool = False, **kwargs) -> ResNetCifar:
     """ResNet-18, CIFAR stem, instance norm."""
-    return _resnet((2, 2, 2, 2), "instancenorm", **kwargs)
+    return _resnet("resnet18_cifar", (2, 2, 2, 2), "instancenorm", **kwargs)
 
 
 @register_model
 def resnet10_cifar_bn(pretrained: bool = False, **kwargs) -> ResNetCifar:
     """ResNet-10, CIFAR stem, batch norm."""
-    return _resnet((1, 1, 1, 1), "batchnorm", **kwargs)
+    return _resnet("resnet10_cifar_bn", (1, 1, 1, 1), "batchnorm", **kwargs)
 
 
 @register_model
 def resnet18_cifar_bn(pretrained: bool = False, **kwargs) -> ResNetCifar:
     """ResNet-18, CIFAR stem, batch norm."""
-    return _resnet((2, 2, 2, 2), "batchnorm", **kwargs)
+    return _resnet("resnet18_cifar_bn", (2, 2, 2, 2), "batchnorm", **kwargs)
