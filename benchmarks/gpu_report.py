@@ -149,7 +149,7 @@ def evaluation_section(results: dict) -> str:
                         memory(row),
                     ]
                 )
-    seeds = next((row["seeds"] for row in ours.values() if "seeds" in row), "?")
+    seeds = results.get("sizes", {}).get("eval_seeds", "?")
     intro = (
         "### Evaluation epoch (the union of 5 stages)\n\n"
         "Training epochs (LR 0.01, DSA, batch 256) on the union of 5 stages of random images; pdd-hub "
