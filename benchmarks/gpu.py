@@ -333,7 +333,7 @@ def measure_all(ctx: Context, results: dict, items: list[Item]) -> None:
 
 
 def skip_reason(args: argparse.Namespace, item: Item, left: float) -> str | None:
-    if not re.search(args.only, item.name):
+    if item.name != "env" and not re.search(args.only, item.name):  # env: every run's device and threads
         return "not selected by --only"
     if item.reference and not args.reference:
         return "no --reference given"
@@ -881,7 +881,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="runs/gpu/gpu.json")
     parser.add_argument("--work", default="runs/gpu/work", help="scratch folder (runs, the reference's data)")
     parser.add_argument("--budget", type=float, default=450, help="seconds for the whole run (default 450)")
-    parser.add_argument("--only", default="", help="run only the items whose name matches this regex")
+    parser.add_argument("--only", default="", help="run only the items matching this regex (and env)")
     parser.add_argument("--threads", type=int, help="CPU threads per process (default: physical cores)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke test on a CPU")
     parser.add_argument("--child", help=argparse.SUPPRESS)
