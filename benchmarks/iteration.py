@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from pdd_hub.config import flatten_config, parse_recipe_args
+from pdd_hub.config import PDDConfig, flatten_config, parse_recipe_args
 from pdd_hub.distill import Union
 from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.progressive import stage_context
@@ -38,38 +38,60 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_recipe_args([*rest, f"output_dir={tmp}/run", "progress=false"])
         threads = configure_threads(config.num_threads)
-        accelerator = make_accelerator()
-        run = Run(config, accelerator)
-        distiller = build_distiller(config, run.num_classes, run.image_shape)
-        states = run.initial_start_states(distiller.num_start_states)
-        pool = torch.arange(len(run.train))
-        ctx = stage_context(run, args.stage, states, start_stage=args.stage, pool=pool)
-        distiller.begin_stage_stand_in(ctx)
-        seconds = time_iterations(distiller, run, args.stage, args.iterations)
-    device = accelerator.device
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+        run = Run(config, make_accelerator())
+        result = measure(config, run, args.stage, args.iterations)
+    print(json.dumps({"threads": threads, **result}))
+
+
+def measure(config: PDDConfig, run: Run, stage: int, iterations: int, warmups: int = 2) -> dict:
+    """Seconds per iteration (median of ``iterations`` after ``warmups``) and peak memory of
+    ``config``'s method on ``run``'s data, the union mimicking stage ``stage``. ``config`` may differ
+    from ``run.config`` in its method section (precision, memory mode), so one run's data serves
+    several rows."""
+    distiller = build_distiller(config, run.num_classes, run.image_shape)
+    states = run.initial_start_states(distiller.num_start_states)
+    pool = torch.arange(len(run.train))
+    ctx = stage_context(run, stage, states, start_stage=stage, pool=pool)
+    distiller.begin_stage_stand_in(ctx)
+    seconds, memory = time_iterations(distiller, run, stage, iterations, warmups)
     section = flatten_config({config.method: config.to_dict()[config.method]})
-    print(
-        json.dumps(
-            {
-                "method": config.method,
-                "device": str(device),
-                "threads": threads,
-                "stage": args.stage,
-                "ipc_per_stage": config.ipc_per_stage,
-                **section,
-                "seconds_per_iteration": statistics.median(seconds),
-                "peak_memory_gib": round(peak / 2**30, 3),
-            }
-        )
-    )
+    return {
+        "method": config.method,
+        "device": str(run.device),
+        "stage": stage,
+        "ipc_per_stage": config.ipc_per_stage,
+        **section,
+        "seconds_per_iteration": statistics.median(seconds),
+        **memory,
+    }
 
 
-def time_iterations(distiller: Distiller, run: Run, stage: int, iterations: int) -> list[float]:
+def peak_memory(device: torch.device, resident: int = 0) -> dict:
+    """Peak memory since the last reset: CUDA max-allocated on a GPU (with what was already allocated
+    at the reset, ``resident_gib``), else the process's peak resident set so far."""
+    if device.type == "cuda":
+        return {
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+            "resident_gib": round(resident / 2**30, 3),
+            "memory": "cuda_max_allocated",
+        }
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_memory_gib": round(peak / 2**30, 3), "memory": "process_peak_rss"}
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Start a new peak (CUDA only); returns the bytes allocated now."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def time_iterations(
+    distiller: Distiller, run: Run, stage: int, iterations: int, warmups: int = 2
+) -> tuple[list[float], dict]:
+    """Seconds of each timed iteration (after ``warmups`` untimed ones) and the peak memory over them."""
     device = run.device
     classes, ipc = run.num_classes, run.config.ipc_per_stage
     generator = torch.Generator().manual_seed(0)
@@ -85,10 +107,9 @@ def time_iterations(distiller: Distiller, run: Run, stage: int, iterations: int)
     )
     new = stored.to(device).requires_grad_(True)
     optimizer = torch.optim.SGD([{"params": [new], **distiller.image_optimizer()}, *distiller.param_groups()])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    resident = reset_peak_memory(device)
     times = []
-    for it in range(iterations + 2):
+    for it in range(iterations + warmups):
         if device.type == "cuda":
             torch.cuda.synchronize()
         tick = time.perf_counter()
@@ -99,9 +120,9 @@ def time_iterations(distiller: Distiller, run: Run, stage: int, iterations: int)
         distiller.after_step(new)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if it >= 2:
+        if it >= warmups:
             times.append(time.perf_counter() - tick)
-    return times
+    return times, peak_memory(device, resident)
 
 
 if __name__ == "__main__":

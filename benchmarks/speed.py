@@ -243,27 +243,39 @@ sys.path.insert(0, {reference!r})
 from utils import ParamDiffAug, epoch, evaluate_synset, get_dataset, get_network
 torch.set_num_threads({threads})
 args = argparse.Namespace(
-    dataset="CIFAR10", model="ConvNet", zca=True, device="cpu", dsa=True,
+    dataset="CIFAR10", model="ConvNet", zca=True, device={device!r}, dsa=True,
     dsa_strategy="color_crop_cutout_flip_scale_rotate", dsa_param=ParamDiffAug(), dc_aug_param=None,
     lr_net=0.01, epoch_eval_train=300, batch_train=256, texture=False,
 )
 """
 
-REFERENCE_EXPERT_DRIVER = """
+# The reference's CIFAR-10 training set as buffer_mtt.py reads it (ZCA'd by get_dataset), and its
+# DataLoader over the first ``count`` images.
+REFERENCE_TRAINING_DATA = """
 channel, im_size, num_classes, _, _, _, dst_train, *_ = get_dataset(
     "CIFAR10", {data!r}, 256, "imagenette", args=args
 )
 images = torch.cat([dst_train[i][0][None] for i in range(len(dst_train))])
 labels = torch.tensor([int(dst_train[i][1]) for i in range(len(dst_train))])
-loader = torch.utils.data.DataLoader(
-    torch.utils.data.TensorDataset(images, labels), batch_size=args.batch_train, shuffle=True, num_workers=0
-)
+
+
+def loader(count):
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images[:count], labels[:count]), batch_size=args.batch_train,
+        shuffle=True, num_workers=0,
+    )
+"""
+
+REFERENCE_EXPERT_DRIVER = (
+    REFERENCE_TRAINING_DATA
+    + """
 net = get_network("ConvNet", channel, num_classes, im_size)
 optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0, weight_decay=0)
 start = time.perf_counter()
-epoch("train", loader, net, optimizer, torch.nn.CrossEntropyLoss(), args, aug=True)
+epoch("train", loader(len(images)), net, optimizer, torch.nn.CrossEntropyLoss(), args, aug=True)
 print(json.dumps({{"seconds": time.perf_counter() - start, "examples": len(images)}}))
 """
+)
 
 
 def reference_expert_epoch(args: argparse.Namespace) -> dict:
@@ -294,7 +306,7 @@ def run_reference_driver(args: argparse.Namespace, name: str, template: str) -> 
     driver.parent.mkdir(parents=True, exist_ok=True)
     driver.write_text(
         (REFERENCE_DRIVER_HEAD + template).format(
-            reference=str(Path(args.reference)), threads=args.threads, data=args.reference_data
+            reference=str(Path(args.reference)), threads=args.threads, data=args.reference_data, device="cpu"
         )
     )
     _, peak, out = measured(
