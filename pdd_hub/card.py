@@ -309,6 +309,7 @@ def build_card(schedule: Schedule, folder: Path, context: CardContext) -> Datase
 
     from huggingface_hub import DatasetCard
 
+    from pdd_hub.evidence import measured_gain
     from pdd_hub.hub import GRID_DIR
 
     template = files("pdd_hub.model_cards").joinpath(CARD_TEMPLATE).read_text()
@@ -326,6 +327,7 @@ def build_card(schedule: Schedule, folder: Path, context: CardContext) -> Datase
         citations=citations(schedule),
         arxiv=PDD_ARXIV,
         grid_dir=GRID_DIR,
+        measured_gain=measured_gain(schedule.method) if is_distilled(schedule) else None,
     )
 
 

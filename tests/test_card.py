@@ -15,6 +15,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, constants
 
 from pdd_hub.errors import HubPushError, ResultsFormatError
 from pdd_hub.evaluate import EvalReport
+from pdd_hub.evidence import measured_gain
 from pdd_hub.hub import export_pdd, load_pdd, push_to_hub, read_schedule
 from pdd_hub.publish import PushOptions
 from tests.fake_hub import FAKE_TOKEN
@@ -56,6 +57,7 @@ def test_pushed_card_has_every_hub_field_and_no_placeholder(tmp_path, fake_hub):
     make_export(tmp_path / "e")
     local = (tmp_path / "e" / "README.md").read_text()
     assert 'load_dataset("e", split="stage_1+stage_2")' in local  # the folder by name, locally
+    assert measured_gain("mtt") in " ".join(local.split())  # what PDD measured, negative or not
     push(tmp_path / "e", fake_hub)
     card = pushed_card(fake_hub)
     data: DatasetCardData = card.data

@@ -107,6 +107,14 @@ def retrained_run(tmp_path_factory):
     return out, drawn
 
 
+def test_the_card_states_the_budget_the_source_and_what_pdd_measured(retrained_run):
+    from pdd_hub.evidence import measured_gain
+
+    card = " ".join((retrained_run[0] / "dataset" / "README.md").read_text().split())
+    assert "Distillation budget: 4, 4, 4 image updates per stage (`per_stage` budget)" in card
+    assert "the networks of the loss from stage 2 on: `retrained`" in card and measured_gain("dm") in card
+
+
 def test_retrained_networks_are_distinct_per_pool_and_come_from_the_pools(retrained_run):
     out, drawn = retrained_run
     for stage in (2, 3):
