@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,31 @@ def save_image_grid(
     return Path(path)
 
 
+@contextmanager
+def line_plot(path: str | Path, *, xlabel: str, ylabel: str, title: str = "") -> Iterator:
+    """A matplotlib ``Axes`` to draw lines on; on leaving, the labelled plot is written to ``path`` as a
+    PNG, atomically (a failed write keeps the previous plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
 def plot_accuracy_per_stage(
     results: dict[str, list[tuple[float, float]]],
     path: str | Path,
@@ -80,35 +107,17 @@ def plot_accuracy_per_stage(
     xlabels: list[str] | None = None,
 ) -> Path:
     """Line plot of mean accuracy (with ±std bars) after each stage, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, points in results.items():
-        xs = np.arange(1, len(points) + 1)
-        means = [100 * m for m, _ in points]
-        stds = [100 * s for _, s in points]
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name)
-    longest = max((len(p) for p in results.values()), default=1)
-    ax.set_xticks(np.arange(1, longest + 1))
-    if xlabels:
-        ax.set_xticklabels(xlabels[:longest])
-    ax.set_xlabel("stage")
-    ax.set_ylabel("test accuracy (%)")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:  # a failed write keeps the previous plot
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    with line_plot(path, xlabel="stage", ylabel="test accuracy (%)", title=title) as ax:
+        for name, points in results.items():
+            xs = np.arange(1, len(points) + 1)
+            means = [100 * m for m, _ in points]
+            stds = [100 * s for _, s in points]
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=name)
+        longest = max((len(p) for p in results.values()), default=1)
+        ax.set_xticks(np.arange(1, longest + 1))
+        if xlabels:
+            ax.set_xticklabels(xlabels[:longest])
+    return Path(path)
 
 
 def plot_validation_curves(
@@ -116,23 +125,8 @@ def plot_validation_curves(
 ) -> Path:
     """Validation accuracy against distillation iteration, one line per stage: whether a stage's
     budget converged (a curve still rising at its last iteration did not)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, points in curves.items():
-        ax.plot([it for it, _ in points], [100 * acc for _, acc in points], marker=".", label=name)
-    ax.set_xlabel("distillation iteration")
-    ax.set_ylabel("validation accuracy (%)")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    labels = {"xlabel": "distillation iteration", "ylabel": "validation accuracy (%)", "title": title}
+    with line_plot(path, **labels) as ax:
+        for name, points in curves.items():
+            ax.plot([it for it, _ in points], [100 * acc for _, acc in points], marker=".", label=name)
+    return Path(path)

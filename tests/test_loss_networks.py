@@ -20,6 +20,7 @@ from pdd_hub.progressive import run_pdd
 from pdd_hub.rng import stream, stream_seed
 from pdd_hub.train import plan_stages, recipe_augmentations, train_many
 from tests.test_methods import CLASSES, SHAPE, make
+from tests.test_pdd_methods import RUN as PDD_RUN
 
 
 def draws(ctx: StageContext, config: LossNetworksConfig, count: int = 6) -> list[torch.Tensor]:
@@ -68,19 +69,9 @@ def test_stage_1_draws_fresh_networks_whatever_the_source(tmp_path):
 
 
 RUN = {
-    "dataset": "sklearn:digits",
-    "model": "convnet_d1",
+    **copy.deepcopy(PDD_RUN),
     "method": "dm",
     "num_stages": 3,
-    "ipc_per_stage": 1,
-    "iterations": 4,
-    "val_per_class": 100,
-    "train_epochs_per_stage": 3,
-    "train_batch_size": 32,
-    "checkpoint_every": 2,
-    "progress": False,
-    "transition": {"syn_epochs": 3},
-    "eval": {"every": 2, "num_models": 1, "epochs": 3},
     "dm": {
         "batch_real": 8,
         "num_networks": 2,
