@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import SUBPROCESS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
-ROWS = "alone,source=start_states,source=start_states+importance,forgetting"
+ROWS = "alone,source=random,source=random+importance,forgetting"
 
 
 def ablation(out: Path, report: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -42,12 +42,12 @@ def test_the_tiny_ablation_runs_every_kind_of_row_and_reports_them(tmp_path):
     assert "FAILED" not in result.stdout and result.stdout.count("done ") == 4, result.stdout
     text = report.read_text()
     assert text.startswith("# Results\n\nkept\n") and "stale" not in text
-    for row in ("`alone` (3 epochs)", "`alone` (6 epochs)", "`source=start_states`", "`forgetting`"):
+    for row in ("`alone` (3 epochs)", "`alone` (6 epochs)", "`source=random`", "`forgetting`"):
         assert row in text
-    assert "`source=start_states+importance`" in text and "random real" in text
-    assert "PDD + DM as shipped (`source=start_states`)" in text and "PDD + X >= X - 1 std" in text
-    assert (report.parent / "ablation" / "tiny_dm_source_start_states.png").stat().st_size > 1000
-    folder = out / "tiny" / "dm" / "source=start_states+importance"
+    assert "`source=random+importance`" in text and "random real" in text
+    assert "PDD + DM as shipped (`source=random`)" in text and "PDD + X >= X - 1 std" in text
+    assert (report.parent / "ablation" / "tiny_dm_source_random.png").stat().st_size > 1000
+    folder = out / "tiny" / "dm" / "source=random+importance"
     schedule = json.loads((folder / "dataset" / "pdd_schedule.json").read_text())
     assert schedule["config"]["real_sampling"] == "importance"
     assert [s["distillation"]["iterations"] for s in schedule["stages"]] == [4, 4]

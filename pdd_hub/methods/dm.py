@@ -7,8 +7,9 @@ with the mean embedding of the synthetic images of c, both augmented with one sh
     loss = sum_c || mean_i f(A(x_real_ci)) - mean_j f(A(x_syn_cj)) ||^2
 
 The network is not trained; it only embeds. Under PDD the synthetic images of a class are those of
-the union (frozen earlier stages and the new ones), and the networks come from the stage's start
-states (trained on stages 1..k-1) instead of fresh random initialisations (which stage 1 keeps).
+the union (frozen earlier stages and the new ones); the networks are fresh random initialisations in
+every stage by default (``networks.source: random``): embeddings of the start states, trained on the
+few images of stages 1..k-1, made the later stages useless (docs/RESULTS.md, issue 19).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class DMConfig:
     batch_real: int = positive(256)  # real images per class per iteration
     augment: str = augmentation("dsa")
     num_networks: int = positive(10)  # start states per stage (what the transition trains)
-    networks: LossNetworksConfig = field(default_factory=with_source("start_states"))  # from stage 2
+    networks: LossNetworksConfig = field(default_factory=with_source("random"))  # from stage 2
 
 
 @register_method("dm", DMConfig)
