@@ -650,8 +650,9 @@ def expert_epoch(run, precision: str, count: int, compile: bool) -> dict:
         build_network(cfg.model, run.num_classes, run.image_shape, seed=k).to(device) for k in range(count)
     ]
     networks = as_networks(models, compile)
+    recipe = cfg.experts.recipe()
     group = ExpertGroup(
-        Path(tempfile.mkdtemp(dir=cfg.output_dir)), list(range(count)), cfg.experts, False, precision
+        Path(tempfile.mkdtemp(dir=cfg.output_dir)), list(range(count)), recipe, False, precision
     )
     optimizer = torch.optim.SGD(networks.parameters(), lr=cfg.experts.lr)
     generators = [torch_generator(k) for k in range(count)]
@@ -684,6 +685,7 @@ def evaluation_epochs(model: str, images, labels, sizes: Sizes, variant: tuple[b
     from pdd_hub.augment import build_augment
     from pdd_hub.networks import can_batch
     from pdd_hub.params import build_network
+    from pdd_hub.schedule import SGDRecipe
     from pdd_hub.train import StagePlan, train_many
 
     batched, precision, compile = variant
@@ -694,8 +696,9 @@ def evaluation_epochs(model: str, images, labels, sizes: Sizes, variant: tuple[b
             build_network(model, 10, tuple(images.shape[1:]), seed=first_seed + s).to(device)
             for s in range(sizes.eval_seeds)
         ]
+        plan = StagePlan("union", images, labels, SGDRecipe(lr=0.01, epochs=epochs))
         start = synchronized(device)
-        train_many(models, [StagePlan("union", images, labels, 0.01, epochs)], augment=build_augment("dsa"),
+        train_many(models, [plan], augment=build_augment("dsa"),
                    generators=[torch_generator(s) for s in range(len(models))], batched=batched,
                    precision=precision, compile=compile)  # fmt: skip
         return synchronized(device) - start, batched and can_batch(models[0])

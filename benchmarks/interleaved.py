@@ -43,6 +43,7 @@ def eval_round(variants: list[str], epochs: int = 20) -> tuple[float, dict[str, 
 
     from pdd_hub.augment import build_augment
     from pdd_hub.params import build_network
+    from pdd_hub.schedule import SGDRecipe
     from pdd_hub.train import StagePlan, train_many
 
     g = torch.Generator().manual_seed(0)
@@ -55,11 +56,11 @@ def eval_round(variants: list[str], epochs: int = 20) -> tuple[float, dict[str, 
     ours = {}
     for variant in variants:
         precision, _, compiled = variant.partition("/")
+        plan = StagePlan("s", images, labels, SGDRecipe(lr=0.01, epochs=epochs))
         start = time.perf_counter()
-        train_many([build_network("convnet_d3", 10, (3, 32, 32), seed=0)],
-                   [StagePlan("s", images, labels, 0.01, epochs)], augment=build_augment("dsa"),
-                   generators=[torch.Generator().manual_seed(0)], precision=precision,
-                   compile=compiled == "compile")  # fmt: skip
+        train_many([build_network("convnet_d3", 10, (3, 32, 32), seed=0)], [plan],
+                   augment=build_augment("dsa"), generators=[torch.Generator().manual_seed(0)],
+                   precision=precision, compile=compiled == "compile")  # fmt: skip
         ours[variant] = time.perf_counter() - start
     return reference, ours
 
@@ -85,8 +86,9 @@ def expert_round(variants: list[str], examples: int = 2560) -> tuple[float, dict
     for variant in variants:
         precision, _, compiled = variant.partition("/")
         model = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
+        recipe = ExpertConfig().recipe()
         group = ExpertGroup(
-            Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision=precision
+            Path(tempfile.mkdtemp()), [0], recipe, track_forgetting=False, precision=precision
         )
         start = time.perf_counter()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -138,8 +138,9 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
         real.train = real.train.subset(torch.arange(0, len(real.train), 50))
     preprocess = Preprocess.fit(real.train.images, normalize=False, zca=True)
     images = PreprocessedImages(real.train.images, preprocess)
+    recipe = ExpertConfig().recipe()
     group = ExpertGroup(
-        Path(tempfile.mkdtemp()), [0], ExpertConfig(), track_forgetting=False, precision=args.precision
+        Path(tempfile.mkdtemp()), [0], recipe, track_forgetting=False, precision=args.precision
     )
 
     def epoch(pool: torch.Tensor) -> float:
@@ -166,6 +167,7 @@ def child_evaluation(args: argparse.Namespace) -> None:
     from pdd_hub.augment import build_augment
     from pdd_hub.params import build_network
     from pdd_hub.runtime import configure_threads
+    from pdd_hub.schedule import SGDRecipe
     from pdd_hub.train import StagePlan, train_many
 
     configure_threads(args.threads)
@@ -175,9 +177,10 @@ def child_evaluation(args: argparse.Namespace) -> None:
     seeds = range(args.seeds)
 
     def train(models: list, epochs: int) -> float:
+        plan = StagePlan("s", images, labels, SGDRecipe(lr=0.01, epochs=epochs))
         start = time.perf_counter()
         train_many(
-            models, [StagePlan("s", images, labels, 0.01, epochs)], augment=build_augment("dsa"),
+            models, [plan], augment=build_augment("dsa"),
             generators=[torch.Generator().manual_seed(s) for s in range(len(models))],
             batched=args.batched, precision=args.precision, compile=args.compile, test=test,
         )  # fmt: skip

@@ -285,7 +285,10 @@ def pdd_summary(schedule: Schedule) -> dict[str, Any]:
         "method": schedule.method,
         "distill_model": schedule.distill_model,
         "num_stages": len(schedule.stages),
-        "stages": [{"split": s.split, "ipc": s.ipc, "lr": s.lr, "epochs": s.epochs} for s in schedule.stages],
+        "stages": [
+            {"split": s.split, "ipc": s.ipc, "lr": s.recipe.lr, "epochs": s.recipe.epochs}
+            for s in schedule.stages
+        ],
         "source_dataset": str(schedule.source.get("dataset", "unknown")),
         "class_names": list(schedule.class_names),
         "image_shape": list(schedule.image_shape),
@@ -317,7 +320,8 @@ def build_card(schedule: Schedule, folder: Path, context: CardContext) -> Datase
         card_data(schedule, folder, context),
         template_str=template,
         title=context.title or default_title(schedule),
-        schedule=schedule,
+        # as pdd_schedule.json holds it: the template names each stage's fields as the format does
+        schedule=schedule.to_dict(),
         distilled=is_distilled(schedule),
         location=context.location,
         source=str(schedule.source.get("dataset", "unknown")),

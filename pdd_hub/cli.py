@@ -186,7 +186,7 @@ def _show(args: argparse.Namespace) -> int:
     )
     print("| split | ipc | lr | epochs |\n|---|---|---|---|")
     for spec in s.stages:
-        print(f"| {spec.split} | {spec.ipc} | {spec.lr:.6g} | {spec.epochs} |")
+        print(f"| {spec.split} | {spec.ipc} | {spec.recipe.lr:.6g} | {spec.recipe.epochs} |")
     if args.json:
         print(json.dumps(s.to_dict(), indent=2))
     return 0
@@ -223,6 +223,7 @@ def _select_and_export(args: argparse.Namespace, scoring) -> int:
     from pdd_hub.data.transforms import normalization_constants
     from pdd_hub.rng import stream
     from pdd_hub.runtime import make_accelerator
+    from pdd_hub.schedule import SGDRecipe
     from pdd_hub.selection.select import select_and_export
     from pdd_hub.train import TrainingRecipe
 
@@ -250,7 +251,9 @@ def _select_and_export(args: argparse.Namespace, scoring) -> int:
         ipc=args.ipc,
         options=_pairs(args.param, "--param"),
         scoring=scoring,
-        recipe=TrainingRecipe(lr=args.lr, epochs=args.epochs, augment=f"dsa:{DEFAULT_STRATEGY}"),
+        recipe=TrainingRecipe(
+            sgd=SGDRecipe(lr=args.lr, epochs=args.epochs), augment=f"dsa:{DEFAULT_STRATEGY}"
+        ),
         seed=args.seed,
         accelerator=make_accelerator(),
     )

@@ -18,13 +18,14 @@ import math
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pdd_hub.errors import ConfigError, UnknownNameError
+from pdd_hub.schedule import CONSTANT_LR, SGDRecipe
 from pdd_hub.tracking import TRACKERS, check_tracker
 from pdd_hub.validate import config_number_rule
 
@@ -67,6 +68,10 @@ class ExpertConfig:
     weight_decay: float = non_negative(0.0)
     batch_size: int = positive(256)
 
+    def recipe(self) -> SGDRecipe:
+        """How each expert trains (stage 1's; later stages' train fewer epochs)."""
+        return SGDRecipe.of_section(self, lr_schedule=CONSTANT_LR)
+
 
 @dataclass
 class TransitionConfig:
@@ -74,6 +79,10 @@ class TransitionConfig:
 
     enabled: bool = True
     syn_epochs: int = positive(1000)  # epochs on stages 1..k (PDD: 1000)
+
+    def recipe(self, method: SGDRecipe, lr: float) -> SGDRecipe:
+        """Training on stages 1..k: the method's recipe with stage k's ``lr``, for ``syn_epochs``."""
+        return replace(method, lr=lr, epochs=self.syn_epochs)
 
 
 @dataclass
@@ -84,6 +93,11 @@ class EvalConfig:
     num_models: int = positive(5)
     epochs: int = positive(1000)  # epochs of training on the current union
     batch_size: int = positive(256)
+
+    def recipe(self, method: SGDRecipe, lr: float) -> SGDRecipe:
+        """Training a validation network: the method's recipe with the ``lr`` being evaluated, for
+        this section's ``epochs`` and ``batch_size``."""
+        return replace(method, lr=lr, epochs=self.epochs, batch_size=self.batch_size)
 
 
 @dataclass
@@ -109,6 +123,10 @@ class ScoringConfig:
     momentum: float = non_negative(0.9)
     weight_decay: float = non_negative(5e-4)
     batch_size: int = positive(256)
+
+    def recipe(self) -> SGDRecipe:
+        """How each scoring network trains."""
+        return SGDRecipe.of_section(self, lr_schedule=CONSTANT_LR)
 
 
 @dataclass
@@ -193,6 +211,11 @@ class PDDConfig:
     def stage_iterations(self) -> int:
         """Image updates of each stage: ``iterations``, or its share under ``budget: total``."""
         return self.iterations if self.budget == "per_stage" else max(1, self.iterations // self.num_stages)
+
+    def stage_recipe(self, **method: Any) -> SGDRecipe:
+        """How networks train on each stage of the export: ``train_epochs_per_stage`` epochs of
+        ``train_batch_size``, with what the method sets (``method``: its LR, LR schedule, ...)."""
+        return SGDRecipe(epochs=self.train_epochs_per_stage, batch_size=self.train_batch_size, **method)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as YAML holds it: the method's (and init's) section under its name."""

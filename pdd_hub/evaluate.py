@@ -31,6 +31,8 @@ from pdd_hub.runtime import batch_networks_by_default, make_accelerator
 from pdd_hub.train import plan_stages, recipe_augmentations, train_many
 
 BASELINES = ("random",)
+# what a saved run records of each phase's recipe (a saved run is reused only where they match)
+PHASE_KEY = ("epochs", "lr", "batch_size", "momentum", "weight_decay")
 
 
 @dataclass
@@ -158,7 +160,7 @@ def run_key(
         "mode": mode,
         "training": pdd.schedule.training,
         "stages": [spec.sha256 or f"{spec.split}:{spec.ipc}" for spec in pdd.schedule.stages],
-        "phases": [[p.name, p.epochs, p.lr, p.batch_size, p.momentum, p.weight_decay] for p in plans],
+        "phases": [[p.name, *(getattr(p.recipe, k) for k in PHASE_KEY)] for p in plans],
         "real": real_name,
         "test_sha256": test_digest,
     }
@@ -254,7 +256,7 @@ def evaluate_export(
         real=real_name,
         mode=mode,
         phases=[p.name for p in plans],
-        epochs=[p.epochs for p in plans],
+        epochs=[p.recipe.epochs for p in plans],
         accuracies={name + tag: {} for name in model_names},
         dataset=str(pdd.schedule.source.get("dataset", "")),
         method=pdd.schedule.method,

@@ -35,6 +35,7 @@ from pdd_hub.data.transforms import Preprocess
 from pdd_hub.errors import ExportFormatError, ExportNotFoundError, HubPushError
 from pdd_hub.io import load_tensors, read_json, save_json, tensors_sha256
 from pdd_hub.outputs import check_writable, output_lock
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.validate import check_literal_path, check_schedule, confined_file
 
 if TYPE_CHECKING:
@@ -65,21 +66,22 @@ EXPORT_PATTERNS = (
 
 @dataclass
 class StageSpec:
-    """How to train on one stage: the learned LR and the evaluation protocol around it."""
+    """How to train on one stage: its SGD recipe (with the learned LR) and the record of how the
+    stage was made."""
 
     split: str
     ipc: int
-    lr: float
-    epochs: int
-    batch_size: int = 256
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step_at_half"  # see pdd_hub.train.LR_SCHEDULES
+    recipe: SGDRecipe
     stored_ipc: int | None = None  # images per class the method stored (IDC: ipc / factor**2)
     real_pool: dict[str, Any] | None = None  # the real examples the stage learned from (forgetting band)
     distillation: dict[str, Any] | None = None  # budget, chosen iteration, loss-network source
     sha256: str | None = None  # of the stage's float32 images and int64 labels, set on export
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stage entry of ``pdd_schedule.json``: the recipe's keys after ``split`` and ``ipc``."""
+        entry = asdict(self)  # (copies of the records, which a caller of to_dict may change)
+        del entry["recipe"]
+        return {"split": entry.pop("split"), "ipc": entry.pop("ipc"), **self.recipe.to_dict(), **entry}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageSpec:
@@ -87,8 +89,8 @@ class StageSpec:
         missing = [k for k in required if k not in data]
         if missing:
             raise ExportFormatError(f"{SCHEDULE_FILE}: stage entry {data!r} lacks {missing}")
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        record = {f: data[f] for f in ("stored_ipc", "real_pool", "distillation", "sha256") if f in data}
+        return cls(data["split"], data["ipc"], SGDRecipe.from_dict(data), **record)
 
 
 @dataclass
@@ -117,6 +119,7 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["stages"] = [stage.to_dict() for stage in self.stages]
         data["image_shape"] = list(self.image_shape)
         order = [
             "format_version",
@@ -216,12 +219,7 @@ def build_schedule(
         StageSpec(
             split=stage_split_name(k),
             ipc=ipc,
-            lr=float(lr),
-            epochs=recipe.epochs,
-            batch_size=recipe.batch_size,
-            momentum=recipe.momentum,
-            weight_decay=recipe.weight_decay,
-            lr_schedule=recipe.lr_schedule,
+            recipe=replace(recipe.sgd, lr=float(lr)),
             stored_ipc=ipc // expansion,
             real_pool=pool,
             distillation=made,

@@ -173,7 +173,7 @@ def export_pt(export: str | Path, out: str | Path, layout: str = "progressivedd"
         torch.save(images.clone(), folder / images_name)
         torch.save(labels.clone(), folder / labels_name)
         # float64: the schedule's LR exactly (the reference scripts read it with .item())
-        torch.save(torch.tensor(spec.lr, dtype=torch.float64), folder / lr_name)
+        torch.save(torch.tensor(spec.recipe.lr, dtype=torch.float64), folder / lr_name)
     shutil.copyfile(pdd.path / SCHEDULE_FILE, out / SCHEDULE_FILE)
     if (pdd.path / PREPROCESS_FILE).exists():
         shutil.copyfile(pdd.path / PREPROCESS_FILE, out / PREPROCESS_FILE)
@@ -256,7 +256,8 @@ def _own_schedule(src: Path, stages: list[SavedStage]) -> tuple[Schedule, Prepro
             raise ExportFormatError(
                 f"{stage.folder}: not the {spec.ipc} images per class pdd_schedule.json says"
             )
-        specs.append(replace(spec, lr=spec.lr if stage.lr is None else stage.lr, sha256=None))
+        recipe = spec.recipe if stage.lr is None else replace(spec.recipe, lr=stage.lr)
+        specs.append(replace(spec, recipe=recipe, sha256=None))
     tensors = load_file(str(src / PREPROCESS_FILE)) if schedule.preprocess.get("zca") else {}
     return replace(schedule, stages=specs), Preprocess.from_config(schedule.preprocess, tensors)
 
@@ -274,6 +275,7 @@ def _reference_schedule(
 
     from pdd_hub.data import load_real_data
     from pdd_hub.hub import build_schedule
+    from pdd_hub.schedule import SGDRecipe
     from pdd_hub.train import TrainingRecipe
 
     data = load_real_data(real, val_per_class=1)
@@ -287,9 +289,8 @@ def _reference_schedule(
     preprocess = normalization.fit(
         torch.cat([data.train.images, data.val.images])
     )  # as the reference: all of train
-    recipe = TrainingRecipe(
-        lr=lrs[0], epochs=settings.epochs, batch_size=settings.batch_size, augment=settings.augment
-    )
+    sgd = SGDRecipe(lr=lrs[0], epochs=settings.epochs, batch_size=settings.batch_size)
+    recipe = TrainingRecipe(sgd=sgd, augment=settings.augment)
     schedule = build_schedule(
         ipcs=[stage_ipc(stage, data.num_classes) for stage in stages],
         lrs=lrs,

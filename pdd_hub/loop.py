@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from pdd_hub.augment import DSA, CutMix
 from pdd_hub.hub import PDDDataset
-from pdd_hub.train import lr_at, plan_stages, recipe_augmentations
+from pdd_hub.schedule import SGDRecipe
+from pdd_hub.train import plan_stages, recipe_augmentations
 
 
 @dataclass
@@ -41,14 +42,22 @@ class TrainingPhase:
     images: torch.Tensor  # float32, in the export's preprocessed space
     labels: torch.Tensor  # int64 class indices
     num_classes: int
-    lr: float
-    epochs: int
-    batch_size: int
-    momentum: float
-    weight_decay: float
-    lr_schedule: str  # see pdd_hub.train.LR_SCHEDULES
+    recipe: SGDRecipe  # LR and its schedule, epochs, batch size, momentum, weight decay
     augment: DSA | None  # per-example differentiable siamese augmentation, drawn from a generator
     cutmix: CutMix | None  # IDC's CutMix on whole minibatches
+
+    # the shorthands of the loop in the README and every export's card
+    @property
+    def lr(self) -> float:
+        return self.recipe.lr
+
+    @property
+    def epochs(self) -> int:
+        return self.recipe.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.recipe.batch_size
 
     @property
     def dataset(self) -> TensorDataset:
@@ -57,19 +66,16 @@ class TrainingPhase:
 
     def lr_at(self, epoch: int) -> float:
         """The LR of ``epoch`` (0-based) of this phase."""
-        return lr_at(self.lr_schedule, self.lr, epoch, self.epochs)
+        return self.recipe.lr_at(epoch)
 
     def optimizer(self, model: nn.Module) -> torch.optim.SGD:
         """The optimiser ``pdd-hub eval`` trains with: SGD with this phase's momentum and weight decay
         (create it once, at the first phase: its state carries over to the next ones)."""
-        return torch.optim.SGD(
-            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
+        return self.recipe.build_optimizer(model.parameters())
 
     def set_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> None:
         """Set the LR of ``epoch``, and this phase's momentum and weight decay, in every group."""
-        for group in optimizer.param_groups:
-            group.update(lr=self.lr_at(epoch), momentum=self.momentum, weight_decay=self.weight_decay)
+        self.recipe.set_epoch(optimizer, epoch)
 
     def batches(
         self, generator: torch.Generator, device: torch.device | str | None = None
@@ -82,8 +88,8 @@ class TrainingPhase:
             self.labels.to(device or self.images.device),
         )
         order = torch.randperm(len(images), generator=generator).to(images.device)
-        for start in range(0, len(images), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for start in range(0, len(images), self.recipe.batch_size):
+            idx = order[start : start + self.recipe.batch_size]
             x, y = images[idx], labels[idx]
             if self.augment is not None:
                 x = self.augment(x, generator)
@@ -122,12 +128,7 @@ def iterate_schedule(
             images=plan.images,
             labels=plan.labels,
             num_classes=pdd.schedule.num_classes,
-            lr=plan.lr,
-            epochs=plan.epochs,
-            batch_size=plan.batch_size,
-            momentum=plan.momentum,
-            weight_decay=plan.weight_decay,
-            lr_schedule=plan.lr_schedule,
+            recipe=plan.recipe,
             augment=augment,
             cutmix=cutmix,
         )

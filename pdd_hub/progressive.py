@@ -111,7 +111,7 @@ def distil_one_stage(
         checkpoint=run.checkpoint,
         log_metrics=lambda values, step: run.accelerator.log(values, step=step),
     )
-    lr = result.lr if result.lr is not None else recipe.lr
+    lr = result.lr if result.lr is not None else recipe.sgd.lr
     made = distillation_record(cfg, distiller, result)
     info = {"pool": pool_info, "init_indices": init_indices, "distillation": made}
     done = decoded(distiller, result.images.cpu(), result.labels.cpu(), lr, result.val_acc, info)
@@ -238,15 +238,7 @@ def validation_accuracy(
     the method's recipe and ``lr``; the networks are split over processes."""
     cfg = run.config
     recipe = distiller.training_recipe()
-    plan = StagePlan.from_recipe(
-        "union",
-        images.detach(),
-        labels,
-        recipe,
-        lr=lr or recipe.lr,
-        epochs=cfg.eval.epochs,
-        batch_size=cfg.eval.batch_size,
-    )
+    plan = StagePlan("union", images.detach(), labels, cfg.eval.recipe(recipe.sgd, lr or recipe.sgd.lr))
     with run.accelerator.split_between_processes(list(range(cfg.eval.num_models))) as mine:
         accs = train_networks(
             run,
@@ -268,18 +260,13 @@ def transition(
     so that stage k+1 starts where training on the distilled data so far ends. Resumable: each
     network's result is kept as soon as it is there."""
     images, labels = union_of(finished)
-    plan = StagePlan.from_recipe(
-        f"stage_1..{next_stage - 1}",
-        images.to(run.device),
-        labels.to(run.device),
-        distiller.training_recipe(),
-        lr=finished[-1].lr,
-        epochs=run.config.transition.syn_epochs,
-    )
+    recipe = distiller.training_recipe()
+    sgd = run.config.transition.recipe(recipe.sgd, finished[-1].lr)
+    plan = StagePlan(f"stage_1..{next_stage - 1}", images.to(run.device), labels.to(run.device), sgd)
     logger.info("transition to stage %d", next_stage)
     path = run.layout.start_states_file(next_stage)
     names = [("transition", next_stage, i) for i in range(len(start_states))]
-    return train_and_keep(run, distiller.training_recipe(), [plan], start_states, names, path)
+    return train_and_keep(run, recipe, [plan], start_states, names, path)
 
 
 def retrained_pool(
@@ -294,8 +281,8 @@ def retrained_pool(
     plans = []
     for upto in range(1, stage):
         images, labels = union_of(finished[:upto])
-        lr, epochs = finished[upto - 1].lr, run.config.transition.syn_epochs
-        plans.append(StagePlan.from_recipe(f"stage_1..{upto}", images, labels, recipe, lr=lr, epochs=epochs))
+        sgd = run.config.transition.recipe(recipe.sgd, finished[upto - 1].lr)
+        plans.append(StagePlan(f"stage_1..{upto}", images, labels, sgd))
     logger.info("stage %d: training loss-network pool %d (%d networks)", stage, refresh, len(states))
     path = run.layout.loss_networks_file(stage, refresh)
     return train_and_keep(run, recipe, plans, states, names, path)

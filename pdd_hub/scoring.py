@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 
 from pdd_hub.augment import DSA
-from pdd_hub.config import ExpertConfig, ScoringConfig
+from pdd_hub.config import ScoringConfig
 from pdd_hub.data.images import ImageSet
 from pdd_hub.methods.experts import ExpertSet, train_experts
 from pdd_hub.params import build_network, embed, flat_params, network_from
@@ -65,14 +65,6 @@ def train_scoring_networks(
             for i in range(config.runs)
         ]
     )
-    optimiser = ExpertConfig(
-        num_experts=config.runs,
-        epochs=config.epochs,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        batch_size=config.batch_size,
-    )
     return train_experts(
         directory,
         model_name=model_name,
@@ -82,8 +74,7 @@ def train_scoring_networks(
         train_y=real.labels,
         pool=None,
         start_states=states,
-        epochs=config.epochs,
-        config=optimiser,
+        recipe=config.recipe(),
         augment=augment,
         seed=seed,
         stage="scoring",

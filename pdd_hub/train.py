@@ -2,8 +2,9 @@
 
 ``progressive``: stage_1, then stage_1 ∪ stage_2, ... (the PDD protocol); ``sequential``: each stage
 alone, in order; ``union``: all stages at once. Each stage trains with its own LR and epochs and the
-recipe of the method that made it (:class:`TrainingRecipe`: SGD with momentum 0.9 and weight decay
-5e-4, the LR schedule restarted at every stage, DSA and, for IDC, CutMix on every minibatch). One
+recipe of the method that made it (:class:`TrainingRecipe`: the stage's :class:`SGDRecipe`, by
+default momentum 0.9 and weight decay 5e-4 with the LR schedule restarted at every stage, and DSA
+and, for IDC, CutMix on every minibatch). One
 optimiser lives across stages, so its momentum carries over, as in the official evaluations. The
 synthetic set is tiny, so it stays on the device: minibatches are index slices, no DataLoader.
 :func:`train_networks` is the one loop: it trains one module or K stacked networks
@@ -14,7 +15,7 @@ start states of a transition and the validation networks train the same way batc
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,24 +28,19 @@ from pdd_hub.hub import PDDDataset
 from pdd_hub.networks import Networks, NetworkStack, SingleNetwork, can_batch, networks_accuracy
 from pdd_hub.params import load_flat_params
 from pdd_hub.runtime import autocast
+from pdd_hub.schedule import SGDRecipe
 
 MODES = ("progressive", "sequential", "union")
-# step_at_half: LR x 0.1 after half of a stage's epochs (DC, DSA, DM, MTT, PDD);
-# steps_at_2/3_5/6_x0.2: LR x 0.2 at 2/3 and again at 5/6 of them (IDC's MultiStepLR)
-LR_SCHEDULES = ("step_at_half", "steps_at_2/3_5/6_x0.2")
 
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """How networks train on a method's images; written into ``pdd_schedule.json`` (stage entries and
-    ``training``) so that any user, and ``pdd-hub eval``, trains each export the way its method says."""
+    """How networks train on a method's images: each stage's SGD (``sgd``; its LR is the stage's
+    own where the method learns one) and the augmentation of every minibatch. Written into
+    ``pdd_schedule.json`` (stage entries and ``training``) so that any user, and ``pdd-hub eval``,
+    trains each export the way its method says."""
 
-    lr: float = 0.01  # used where the method learns no LR
-    epochs: int = 500
-    batch_size: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step_at_half"
+    sgd: SGDRecipe = field(default_factory=SGDRecipe)
     augment: str = "dsa"
     cutmix_prob: float = 0.0
     cutmix_beta: float = 1.0
@@ -65,45 +61,14 @@ def recipe_augmentations(training: dict[str, Any]) -> tuple[DSA | None, CutMix |
     return build_augment(training.get("augment", "dsa")), CutMix(**cutmix) if cutmix else None
 
 
-def lr_at(schedule: str, lr: float, epoch: int, epochs: int) -> float:
-    """The LR of ``epoch`` (0-based) of a stage of ``epochs`` epochs under ``schedule``."""
-    if schedule == "step_at_half":
-        return lr if epoch < epochs // 2 else lr * 0.1
-    if schedule == "steps_at_2/3_5/6_x0.2":
-        passed = sum(epoch >= milestone for milestone in (2 * epochs // 3, 5 * epochs // 6))
-        return lr * 0.2**passed
-    raise ValueError(f"unknown lr_schedule {schedule!r}; use one of {list(LR_SCHEDULES)}")
-
-
 @dataclass
 class StagePlan:
-    """One phase of training: these images, this LR, this many epochs."""
+    """One phase of training: these images, with this recipe."""
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
-    lr: float
-    epochs: int
-    batch_size: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "step_at_half"
-
-    @classmethod
-    def from_recipe(
-        cls, name: str, images: torch.Tensor, labels: torch.Tensor, recipe: TrainingRecipe, **changes: Any
-    ) -> StagePlan:
-        """A phase trained with ``recipe`` (``changes`` override its LR, epochs, ...)."""
-        settings = {
-            "lr": recipe.lr,
-            "epochs": recipe.epochs,
-            "batch_size": recipe.batch_size,
-            "momentum": recipe.momentum,
-            "weight_decay": recipe.weight_decay,
-            "lr_schedule": recipe.lr_schedule,
-            **changes,
-        }
-        return cls(name, images, labels, **settings)
+    recipe: SGDRecipe
 
 
 def plan_stages(
@@ -111,7 +76,7 @@ def plan_stages(
 ) -> list[StagePlan]:
     """The training phases for ``mode`` from a loaded export (``epochs_per_stage`` overrides the
     schedule's epochs, e.g. for a quick look). ``union`` trains once on everything with the last
-    stage's LR and epochs, which is what the last progressive phase sees too."""
+    stage's recipe, which is what the last progressive phase sees too."""
     if mode not in MODES:
         raise ValueError(f"unknown training mode {mode!r}; use one of {list(MODES)}")
     plans = []
@@ -123,19 +88,8 @@ def plan_stages(
         else:
             images, labels = pdd.union(k)
             name = "union" if mode == "union" else (specs[0].split if k == 1 else f"{specs[0].split}..{k}")
-        plans.append(
-            StagePlan(
-                name=name,
-                images=images,
-                labels=labels,
-                lr=spec.lr,
-                epochs=epochs_per_stage if epochs_per_stage is not None else spec.epochs,
-                batch_size=spec.batch_size,
-                momentum=spec.momentum,
-                weight_decay=spec.weight_decay,
-                lr_schedule=spec.lr_schedule,
-            )
-        )
+        recipe = spec.recipe if epochs_per_stage is None else replace(spec.recipe, epochs=epochs_per_stage)
+        plans.append(StagePlan(name, images, labels, recipe))
     return plans
 
 
@@ -186,23 +140,15 @@ def train_networks(
     drawing from ``generators[k]``; stage k's LR schedule restarts, the optimiser's state carries."""
     device = networks.parameters()[0].device
     if optimizer is None:
-        first = plans[0]
-        optimizer = torch.optim.SGD(
-            networks.parameters(), lr=first.lr, momentum=first.momentum, weight_decay=first.weight_decay
-        )
-    bar = tqdm(total=sum(p.epochs for p in plans), desc=description, disable=not progress, leave=False)
+        optimizer = plans[0].recipe.build_optimizer(networks.parameters())
+    bar = tqdm(total=sum(p.recipe.epochs for p in plans), desc=description, disable=not progress, leave=False)
     for k, plan in enumerate(plans):
-        images, labels = plan.images.to(device), plan.labels.to(device)
+        images, labels, recipe = plan.images.to(device), plan.labels.to(device), plan.recipe
         networks.template.train()
-        for epoch in range(plan.epochs):
-            for group in optimizer.param_groups:
-                group.update(
-                    lr=lr_at(plan.lr_schedule, plan.lr, epoch, plan.epochs),
-                    momentum=plan.momentum,
-                    weight_decay=plan.weight_decay,
-                )
+        for epoch in range(recipe.epochs):
+            recipe.set_epoch(optimizer, epoch)
             train_epoch(
-                networks, optimizer, images, labels, plan.batch_size, augment, generators, cutmix, precision
+                networks, optimizer, images, labels, recipe.batch_size, augment, generators, cutmix, precision
             )
             bar.update(1)
         if after_stage is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pdd_hub.errors import PDDError
+from pdd_hub.schedule import LR_SCHEDULES
 
 # The caps, stated once (docs/RELIABILITY.md lists them).
 MAX_EPOCHS = 100_000  # epochs of one stage, one transition or one evaluation
@@ -236,8 +237,6 @@ def _check_structure(data: dict[str, Any], where: str, error: type[PDDError]) ->
 
 
 def _check_stages(stages: list[dict], where: str, error: type[PDDError]) -> None:
-    from pdd_hub.train import LR_SCHEDULES
-
     for i, stage in enumerate(stages):
         name = f"{where}: field 'stages[{i}]"
         missing = [k for k in ("split", "ipc", "lr", "epochs") if k not in stage]

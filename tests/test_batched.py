@@ -11,6 +11,7 @@ from torch._dynamo.utils import counters
 from pdd_hub.augment import DSA, CutMix
 from pdd_hub.networks import NetworkStack, can_batch, networks_accuracy
 from pdd_hub.params import build_network, flat_params
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.train import StagePlan, evaluate_accuracy, train_many
 
 
@@ -23,8 +24,13 @@ def plans() -> list[StagePlan]:
     labels = torch.arange(3).repeat(8)
     images = torch.randn(24, 1, 8, 8, generator=g)
     return [
-        StagePlan("s1", images[:12], labels[:12], 0.05, 3, batch_size=8),
-        StagePlan("s1..2", images, labels, 0.02, 4, batch_size=8, lr_schedule="steps_at_2/3_5/6_x0.2"),
+        StagePlan("s1", images[:12], labels[:12], SGDRecipe(lr=0.05, epochs=3, batch_size=8)),
+        StagePlan(
+            "s1..2",
+            images,
+            labels,
+            SGDRecipe(lr=0.02, epochs=4, batch_size=8, lr_schedule="steps_at_2/3_5/6_x0.2"),
+        ),
     ]
 
 

@@ -24,6 +24,7 @@ from pdd_hub.hub import (
     stage_split_name,
 )
 from pdd_hub.publish import PushOptions
+from pdd_hub.schedule import SGDRecipe
 from tests.fake_hub import FAKE_TOKEN
 from tests.fake_hub import fake_hub as fake_hub_fixture
 from tests.helpers import random_stages
@@ -40,7 +41,7 @@ def make_export(folder: Path, num_stages: int = 3, ipc: int = 2, seed: int = 0, 
     pre = Preprocess.fit(real, zca=zca, normalize=not zca)
     stages = random_stages(num_stages, ipc, len(CLASSES), SHAPE, seed=seed)
     specs = [
-        StageSpec(split=stage_split_name(k), ipc=ipc, lr=0.01 * k + seed, epochs=7 + k)
+        StageSpec(split=stage_split_name(k), ipc=ipc, recipe=SGDRecipe(lr=0.01 * k + seed, epochs=7 + k))
         for k in range(1, num_stages + 1)
     ]
     schedule = Schedule(
@@ -65,7 +66,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     for loaded, (images, labels) in zip(pdd.stages, stages):
         assert loaded.images.dtype == torch.float32
         assert torch.equal(loaded.images, images) and torch.equal(loaded.labels, labels)
-    assert [s.lr for s in pdd.schedule.stages] == [s.lr for s in schedule.stages]
+    assert [s.recipe for s in pdd.schedule.stages] == [s.recipe for s in schedule.stages]
     assert pdd.schedule.config == schedule.config and pdd.schedule.class_names == CLASSES
     x = (torch.rand(4, *SHAPE) * 255).to(torch.uint8)
     assert torch.equal(pdd.preprocess(x), pre(x))

@@ -26,9 +26,8 @@ def test_export_pt_writes_the_union_of_stages_1_to_k(tmp_path, layout, names):
         folder = tmp_path / "pt" / f"stage_{k}"
         assert torch.equal(torch.load(folder / f"{names[0]}.pt", weights_only=True), images)
         assert torch.equal(torch.load(folder / f"{names[1]}.pt", weights_only=True), labels)
-        assert (
-            torch.load(folder / f"{names[2]}.pt", weights_only=True).item() == pdd.schedule.stages[k - 1].lr
-        )
+        lr = torch.load(folder / f"{names[2]}.pt", weights_only=True).item()
+        assert lr == pdd.schedule.stages[k - 1].recipe.lr
 
 
 @pytest.mark.parametrize("layout", ["progressivedd", "ddranking"])
@@ -68,7 +67,8 @@ def test_files_written_as_progressivedd_writes_them_import_and_evaluate(tmp_path
         lrs.append(float(torch.tensor(lr)))
     import_pt(src, tmp_path / "export", real="sklearn:digits", normalization=ReferenceNormalization(zca=True))
     pdd = load_pdd(tmp_path / "export")
-    assert [s.ipc for s in pdd.schedule.stages] == [1, 2] and [s.lr for s in pdd.schedule.stages] == lrs
+    assert [s.ipc for s in pdd.schedule.stages] == [1, 2]
+    assert [s.recipe.lr for s in pdd.schedule.stages] == lrs
     for stage, (images, labels) in zip(pdd.stages, news, strict=True):
         assert torch.equal(stage.images, images) and torch.equal(stage.labels, labels)
     real = load_real_data("sklearn:digits", val_per_class=1)
@@ -93,7 +93,7 @@ def test_mtt_and_dd_ranking_folders(tmp_path):
         import_pt(mtt, tmp_path / "a", real="sklearn:digits", normalization=pre)
     import_pt(mtt, tmp_path / "a", real="sklearn:digits", normalization=pre, settings=ImportSettings(lr=0.02))
     one = load_pdd(tmp_path / "a")
-    assert one.num_stages == 1 and one.schedule.stages[0].lr == 0.02
+    assert one.num_stages == 1 and one.schedule.stages[0].recipe.lr == 0.02
     assert one.schedule.preprocess["normalize"]["mean"] == pytest.approx([0.1307])
     ranking = tmp_path / "ddranking"
     for k in (1, 2):  # DD-Ranking names, one stage per folder, each stage alone

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import pdd_hub
 from pdd_hub.data import Preprocess, load_real_data
 from pdd_hub.evaluate import evaluate_export
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.selection.export import export_selection
 from pdd_hub.train import TrainingRecipe
 
@@ -20,20 +21,16 @@ def digits():
     return load_real_data("sklearn:digits", val_per_class=5)
 
 
-def make_export(folder, digits, **recipe):
+def make_export(folder, digits, sgd=None, **training):
     g = torch.Generator().manual_seed(0)
     by_class = [torch.nonzero(digits.train.labels == c).flatten() for c in range(10)]
     chosen = [torch.stack([rows[torch.randperm(len(rows), generator=g)[:9]] for rows in by_class])]
     stages = [chosen[0][:, 3 * k : 3 * k + 3].reshape(-1) for k in range(3)]
     preprocess = Preprocess.fit(digits.train.images)
-    settings = {
-        "lr": 0.01,
-        "epochs": 4,
-        "batch_size": 16,
-        "augment": "dsa:color_crop_cutout_flip_scale_rotate",
-    }
+    sgd = SGDRecipe(**{"lr": 0.01, "epochs": 4, "batch_size": 16, **(sgd or {})})
+    training = {"augment": "dsa:color_crop_cutout_flip_scale_rotate", **training}
     return export_selection(
-        folder, digits, stages, preprocess, method="random", recipe=TrainingRecipe(**{**settings, **recipe})
+        folder, digits, stages, preprocess, method="random", recipe=TrainingRecipe(sgd=sgd, **training)
     )
 
 
@@ -66,7 +63,8 @@ def test_readme_loop_matches_pdd_hub_eval_on_the_same_seed(tmp_path, digits):
 
 
 def test_phases_carry_the_recipe_and_a_dataloader_gives_the_same_batches(tmp_path, digits):
-    pdd = pdd_hub.load_pdd(make_export(tmp_path / "e", digits, cutmix_prob=1.0, lr_schedule="step_at_half"))
+    export = make_export(tmp_path / "e", digits, {"lr_schedule": "step_at_half"}, cutmix_prob=1.0)
+    pdd = pdd_hub.load_pdd(export)
     phases = list(pdd_hub.iterate_schedule(pdd, epochs_per_stage=6))
     assert [len(p.dataset) for p in phases] == [30, 60, 90] and phases[2].lr_at(2) == 0.01
     assert phases[2].lr_at(3) == pytest.approx(0.001) and phases[0].batch_size == 16

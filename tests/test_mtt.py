@@ -47,8 +47,7 @@ def test_expert_epochs_differ_and_start_from_the_given_state(tmp_path):
         train_y=y,
         pool=None,
         start_states=start,
-        epochs=4,
-        config=ExpertConfig(batch_size=16, lr=0.05),
+        recipe=ExpertConfig(epochs=4, batch_size=16, lr=0.05).recipe(),
         augment=DSA(),
         seed=0,
         accelerator=Accelerator(cpu=True),
@@ -82,8 +81,8 @@ def train_toy_experts(directory, batched: bool = False, count: int = 2):
         train_y=y,
         pool=None,
         start_states=starts,
-        epochs=5,
-        config=ExpertConfig(batch_size=16, lr=0.05, momentum=0.9),  # momentum: its state must resume too
+        # momentum: its state must resume too
+        recipe=ExpertConfig(epochs=5, batch_size=16, lr=0.05, momentum=0.9).recipe(),
         augment=DSA(),
         seed=3,
         accelerator=Accelerator(cpu=True),

@@ -21,6 +21,7 @@ from pdd_hub.methods.mtt import MTT
 from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.progressive import run_pdd
 from pdd_hub.rng import stream
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.train import StagePlan, train_stages
 
 TINY = {
@@ -68,7 +69,7 @@ def test_export_after_a_run_loads_with_learned_lrs(finished_run):
     assert pdd.schedule.split_names == ["stage_1", "stage_2"]
     assert pdd.schedule.method == "mtt" and pdd.schedule.distill_model == "convnet_d1"
     assert [s.ipc for s in pdd.schedule.stages] == [1, 1] and pdd.stages[0].images.shape == (10, 1, 8, 8)
-    assert all(s.lr > 0 for s in pdd.schedule.stages)
+    assert all(s.recipe.lr > 0 for s in pdd.schedule.stages)
     assert pdd.schedule.config["mtt"]["syn_steps"] == 3
     assert (out / "grids" / "stage_2.png").exists() and (out / "accuracy_per_stage.png").exists()
     assert not (out / "checkpoints" / "current").exists()  # cleared once its stage finished
@@ -100,14 +101,12 @@ def test_the_transition_starts_stage_2_from_networks_trained_on_stage_1(finished
     def trained_on(stage: int, i: int) -> torch.Tensor:
         model = build_network(config.model, 10, (1, 8, 8))
         load_flat_params(model, start_1[i])
-        plan = StagePlan(
-            "s",
-            pdd.stages[stage].images,
-            pdd.stages[stage].labels,
-            pdd.schedule.stages[stage].lr,
-            config.transition.syn_epochs,
-            config.train_batch_size,
+        recipe = SGDRecipe(
+            lr=pdd.schedule.stages[stage].recipe.lr,
+            epochs=config.transition.syn_epochs,
+            batch_size=config.train_batch_size,
         )
+        plan = StagePlan("s", pdd.stages[stage].images, pdd.stages[stage].labels, recipe)
         train_stages(
             model,
             [plan],
@@ -164,7 +163,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path, finished_run,
     resumed, straight = load_pdd(out / "dataset"), load_pdd(reference / "dataset")
     for a, b in zip(resumed.stages, straight.stages):
         assert torch.equal(a.images, b.images)
-    assert [s.lr for s in resumed.schedule.stages] == [s.lr for s in straight.schedule.stages]
+    assert [s.recipe for s in resumed.schedule.stages] == [s.recipe for s in straight.schedule.stages]
 
 
 def test_ablations_without_conditioning_or_transition(tmp_path):

@@ -106,7 +106,7 @@ def test_the_export_records_the_methods_recipe_and_storage(finished):
         assert schedule.storage["factor"] == 2 and schedule.storage["expansion"] == 4
         assert [(s.ipc, s.stored_ipc) for s in schedule.stages] == [(4, 1), (4, 1)]
         assert schedule.training["cutmix"] == {"prob": 0.5, "beta": 1.0}
-        assert schedule.stages[0].lr_schedule == "steps_at_2/3_5/6_x0.2"
+        assert schedule.stages[0].recipe.lr_schedule == "steps_at_2/3_5/6_x0.2"
         stored = load_file(str(out / "stages" / "stage_2.safetensors"))["images"]
         distiller = METHODS.get("idc").cls(config(method, out).idc, config(method, out), 10, (1, 8, 8))
         assert torch.equal(pdd.stages[1].images, distiller.decode(stored))  # the export holds decoded images

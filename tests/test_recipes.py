@@ -67,7 +67,7 @@ def test_two_processes_produce_the_same_export_format(tmp_path):
         "stages",
         "config",
     }
-    assert all(s.lr > 0 for s in two.schedule.stages)
+    assert all(s.recipe.lr > 0 for s in two.schedule.stages)
     # both processes trained experts: the manifest lists all of them
     manifest = json.loads((tmp_path / "two" / "experts" / "stage_1" / "manifest.json").read_text())
     assert manifest["num_experts"] == 2 and len(manifest["files"]) == 2

@@ -10,6 +10,7 @@ import pdd_hub.train as train_mod
 from pdd_hub.augment import DSA
 from pdd_hub.data import Preprocess
 from pdd_hub.hub import PDDDataset, Schedule, StageSpec, SyntheticStage, stage_split_name
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.selection import random_stage_indices
 from pdd_hub.train import StagePlan, evaluate_accuracy, plan_stages, train_stages
 
@@ -18,7 +19,8 @@ def toy_pdd(num_stages: int = 3, ipc: int = 2, classes: int = 3, shape=(1, 8, 8)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(classes).repeat_interleave(ipc)
     specs = [
-        StageSpec(split=stage_split_name(k), ipc=ipc, lr=0.1 * k, epochs=4) for k in range(1, num_stages + 1)
+        StageSpec(split=stage_split_name(k), ipc=ipc, recipe=SGDRecipe(lr=0.1 * k, epochs=4))
+        for k in range(1, num_stages + 1)
     ]
     stages = [SyntheticStage(s, torch.randn(len(labels), *shape, generator=g), labels.clone()) for s in specs]
     pre = Preprocess(torch.zeros(shape[0]), torch.ones(shape[0]))
@@ -35,7 +37,7 @@ def test_progressive_plans_grow_by_one_stage_each():
     pdd = toy_pdd()
     plans = plan_stages(pdd, "progressive")
     assert [len(p.images) for p in plans] == [6, 12, 18]
-    assert [p.lr for p in plans] == pytest.approx([0.1, 0.2, 0.3])
+    assert [p.recipe.lr for p in plans] == pytest.approx([0.1, 0.2, 0.3])
     assert torch.equal(plans[2].images[:6], pdd.stages[0].images)  # earlier stages come first
     assert torch.equal(plans[2].images[12:], pdd.stages[2].images)
     assert [p.name for p in plans] == ["stage_1", "stage_1..2", "stage_1..3"]
@@ -48,7 +50,7 @@ def test_sequential_and_union_plans():
     assert torch.equal(seq[1].images, pdd.stages[1].images)
     union = plan_stages(pdd, "union", epochs_per_stage=9)
     assert len(union) == 1 and len(union[0].images) == 18
-    assert union[0].lr == pytest.approx(0.3) and union[0].epochs == 9
+    assert union[0].recipe.lr == pytest.approx(0.3) and union[0].recipe.epochs == 9
     with pytest.raises(ValueError, match="unknown training mode"):
         plan_stages(pdd, "curriculum")
 
@@ -118,8 +120,7 @@ def test_real_digits_are_learned_from_a_few_images_per_class(digits):
             name=f"s{k}",
             images=pre(digits.train.images[torch.cat(idx[: k + 1])]),
             labels=digits.train.labels[torch.cat(idx[: k + 1])],
-            lr=0.01,
-            epochs=40,
+            recipe=SGDRecipe(lr=0.01, epochs=40),
         )
         for k in range(2)
     ]
@@ -151,7 +152,7 @@ def test_evaluate_accuracy_counts_correct_predictions():
 
 
 def test_idc_schedule_steps_down_by_a_fifth_at_two_thirds_and_five_sixths():
-    from pdd_hub.train import lr_at
+    from pdd_hub.schedule import lr_at
 
     lrs = [lr_at("steps_at_2/3_5/6_x0.2", 1.0, epoch, 12) for epoch in range(12)]
     assert lrs == pytest.approx([1.0] * 8 + [0.2] * 2 + [0.04] * 2)
@@ -201,7 +202,7 @@ def test_the_random_baseline_holds_real_images_as_many_as_the_export_stores(digi
     baseline = random_baseline(pdd, digits.train, seed=0)
     assert baseline.schedule.method == "random real"
     assert [s.ipc for s in baseline.schedule.stages] == [1, 1]  # the storage budget, not the decoded count
-    assert [s.lr for s in baseline.schedule.stages] == [s.lr for s in pdd.schedule.stages]
+    assert [s.recipe for s in baseline.schedule.stages] == [s.recipe for s in pdd.schedule.stages]
     real = pdd.preprocess(digits.train.images).float()
     picked = []
     for stage in baseline.stages:
@@ -216,9 +217,8 @@ def test_the_random_baseline_holds_real_images_as_many_as_the_export_stores(digi
 def test_bf16_autocast_trains_to_the_accuracy_of_fp32_within_noise(digits):
     pre = Preprocess.fit(digits.train.images)
     idx = torch.cat(random_stage_indices(digits.train, num_stages=1, ipc=20, seed=0))
-    plan = StagePlan(
-        "s", pre(digits.train.images[idx]), digits.train.labels[idx], lr=0.01, epochs=30, batch_size=64
-    )
+    recipe = SGDRecipe(lr=0.01, epochs=30, batch_size=64)
+    plan = StagePlan("s", pre(digits.train.images[idx]), digits.train.labels[idx], recipe)
     test_x, test_y = pre(digits.test.images), digits.test.labels
     accuracy = {}
     for precision in ("fp32", "bf16"):

@@ -20,6 +20,7 @@ from pdd_hub.config import PDDConfig, config_from_dict, flatten_config
 from pdd_hub.errors import ConfigError, ExportFormatError
 from pdd_hub.hub import SCHEDULE_FILE, Schedule, StageSpec, read_schedule, stage_split_name
 from pdd_hub.registry import METHODS
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.validate import SCHEDULE_RULES, field_name
 from tests.helpers import SUBPROCESS_ENV, child_cpu_seconds
 
@@ -33,10 +34,7 @@ def full_schedule() -> dict:
             split=stage_split_name(k),
             ipc=4,
             stored_ipc=1,
-            lr=0.01 * k,
-            epochs=300,
-            batch_size=64,
-            lr_schedule="steps_at_2/3_5/6_x0.2",
+            recipe=SGDRecipe(lr=0.01 * k, epochs=300, batch_size=64, lr_schedule="steps_at_2/3_5/6_x0.2"),
             real_pool={
                 "examples": 90,
                 "per_class": [30, 30, 30],
@@ -130,7 +128,7 @@ def test_every_bad_number_in_a_schedule_is_refused_naming_file_field_and_value(t
 
 def test_the_full_schedule_itself_is_accepted(tmp_path):
     (tmp_path / SCHEDULE_FILE).write_text(json.dumps(full_schedule()))
-    assert read_schedule(tmp_path).stages[1].lr == 0.02
+    assert read_schedule(tmp_path).stages[1].recipe.lr == 0.02
 
 
 @pytest.mark.parametrize(
@@ -164,7 +162,9 @@ def test_a_writer_cannot_write_what_a_reader_refuses(tmp_path):
     from tests.test_hub import make_export
 
     schedule, stages, pre = make_export(tmp_path / "ok")
-    bad = dataclasses.replace(schedule, stages=[dataclasses.replace(s, lr=math.nan) for s in schedule.stages])
+    nan_lr = [dataclasses.replace(s.recipe, lr=math.nan) for s in schedule.stages]
+    bad_stages = [dataclasses.replace(s, recipe=r) for s, r in zip(schedule.stages, nan_lr, strict=True)]
+    bad = dataclasses.replace(schedule, stages=bad_stages)
     from pdd_hub.hub import export_pdd
 
     with pytest.raises(ExportFormatError, match=r"stages\[0\].lr' must be positive .*got nan"):

@@ -166,11 +166,7 @@ class Distiller(ABC):
     def training_recipe(self) -> TrainingRecipe:
         """How networks train on this method's images (validation, transitions, the export): by
         default the run's ``augment``, ``train_epochs_per_stage`` and ``train_batch_size``."""
-        return TrainingRecipe(
-            augment=self.training_augment(),
-            epochs=self.run.train_epochs_per_stage,
-            batch_size=self.run.train_batch_size,
-        )
+        return TrainingRecipe(sgd=self.run.stage_recipe(), augment=self.training_augment())
 
     def training_augment(self) -> str:
         """The run's ``augment``, else this method's default, as a full spec."""

@@ -10,7 +10,7 @@ goes from correctly to incorrectly classified, Toneva et al. 2019) for the forge
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from pdd_hub.networks import Networks, as_networks, momentum_of, set_momentum_of
 from pdd_hub.params import network_from
 from pdd_hub.rng import stream
 from pdd_hub.runtime import autocast
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.train import mixed_cross_entropy
 
 MANIFEST = "manifest.json"
@@ -111,8 +112,7 @@ def train_experts(
     train_y: torch.Tensor,
     pool: torch.Tensor | None,
     start_states: torch.Tensor,
-    epochs: int,
-    config: ExpertConfig,
+    recipe: SGDRecipe,
     augment: DSA | None,
     seed: int,
     accelerator: Accelerator,
@@ -125,7 +125,7 @@ def train_experts(
     sampling: str = "uniform",
     importance: ImportanceConfig | None = None,
 ) -> ExpertSet:
-    """Train one expert from each row of ``start_states`` on ``train_x[pool]`` for ``epochs`` epochs,
+    """Train one expert from each row of ``start_states`` on ``train_x[pool]`` with ``recipe``,
     skipping finished experts and resuming unfinished ones; expert i of ``stage`` draws from the
     stream ``("experts", stage, i)`` of ``seed``. The experts of a process train one at a time
     (through ``torch.compile`` with ``compile``), or stacked together with ``batched``. Returns the
@@ -145,13 +145,13 @@ def train_experts(
             network_from(model_name, num_classes, image_shape, start_states[i].to(train_x.device))
             for i in group
         ]
-        trainer = ExpertGroup(directory, group, config, track_forgetting, precision, sampling, importance)
+        trainer = ExpertGroup(directory, group, recipe, track_forgetting, precision, sampling, importance)
         streams = [stream(seed, "experts", stage, i) for i in group]
-        trainer.train(as_networks(models, compile), train_x, train_y, pool, epochs, augment, streams)
+        trainer.train(as_networks(models, compile), train_x, train_y, pool, augment, streams)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         facts = manifest(
-            model_name, num_classes, image_shape, start_states, epochs, config, len(pool), track_forgetting
+            model_name, num_classes, image_shape, start_states, recipe, len(pool), track_forgetting
         )
         save_json(facts, directory / MANIFEST)
     accelerator.wait_for_everyone()
@@ -163,8 +163,7 @@ def manifest(
     num_classes: int,
     image_shape: tuple[int, int, int],
     start_states: torch.Tensor,
-    epochs: int,
-    config: ExpertConfig,
+    recipe: SGDRecipe,
     train_examples: int,
     track_forgetting: bool,
 ) -> dict:
@@ -175,14 +174,14 @@ def manifest(
         "num_classes": num_classes,
         "image_shape": list(image_shape),
         "num_experts": len(start_states),
-        "epochs": epochs,
+        "epochs": recipe.epochs,
         "num_params": int(start_states.shape[1]),
         "optimizer": {
-            "name": "sgd",
-            "lr": config.lr,
-            "momentum": config.momentum,
-            "weight_decay": config.weight_decay,
-            "batch_size": config.batch_size,
+            "name": recipe.optimizer,
+            "lr": recipe.lr,
+            "momentum": recipe.momentum,
+            "weight_decay": recipe.weight_decay,
+            "batch_size": recipe.batch_size,
         },
         "train_examples": train_examples,
         "forgetting": track_forgetting,
@@ -200,12 +199,14 @@ def experts_for_stage(
     track_forgetting: bool = False,
 ) -> ExpertSet:
     """The experts of ``ctx``'s stage: one from each start state (up to ``num_experts``), trained on the
-    stage's pool of real data, in the run folder. Stage 1's train ``config.epochs`` epochs (they also
-    give forgetting scores); later stages, which start from the transition, only ``later_epochs``.
+    stage's pool of real data, in the run folder, with ``config``'s recipe. Stage 1's train
+    ``config.epochs`` epochs (they also give forgetting scores); later stages, which start from the
+    transition, only ``later_epochs``.
     Without a transition (and on the same data) a later stage's experts would repeat stage 1's, so
     stage 1's are used."""
     same_as_stage_1 = ctx.start_states_stage == 1 and len(ctx.pool) == len(ctx.real)
     expert_stage = 1 if same_as_stage_1 else ctx.stage
+    recipe = config.recipe() if expert_stage == 1 else replace(config.recipe(), epochs=later_epochs)
     return train_experts(
         ctx.layout.experts_dir(expert_stage),
         model_name=ctx.model_name,
@@ -215,8 +216,7 @@ def experts_for_stage(
         train_y=ctx.real.labels,
         pool=ctx.pool,
         start_states=ctx.start_states[: config.num_experts],
-        epochs=config.epochs if expert_stage == 1 else later_epochs,
-        config=config,
+        recipe=recipe,
         augment=ctx.augment,
         seed=ctx.seed,
         stage=expert_stage,
@@ -240,13 +240,13 @@ class ExpertGroup:
         self,
         directory: Path,
         indices: list[int],
-        config: ExpertConfig,
+        recipe: SGDRecipe,
         track_forgetting: bool,
         precision: str,
         sampling: str = "uniform",
         importance: ImportanceConfig | None = None,
     ) -> None:
-        self.directory, self.indices, self.config = directory, indices, config
+        self.directory, self.indices, self.recipe = directory, indices, recipe
         self.track_forgetting, self.precision = track_forgetting, precision
         self.sampling, self.importance = sampling, importance or ImportanceConfig()
         self.probabilities: torch.Tensor | None = None  # [K, pool]: importance sampling's, per expert
@@ -261,19 +261,17 @@ class ExpertGroup:
         train_x: torch.Tensor,
         train_y: torch.Tensor,
         pool: torch.Tensor,
-        epochs: int,
         augment: DSA | None,
         generators: list[torch.Generator],
     ) -> None:
-        """Train ``epochs`` epochs (from the last saved one), then write each expert's trajectory."""
-        cfg = self.config
-        optimizer = torch.optim.SGD(
-            networks.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        """Train the recipe's epochs (from the last saved one), then write each expert's trajectory."""
+        epochs = self.recipe.epochs
+        optimizer = self.recipe.build_optimizer(networks.parameters())
         self.counts = ForgettingCounts(len(networks), len(train_x), train_x.device)
         snapshots = self.resume(networks, optimizer, generators)
         networks.template.train()
         for epoch in range(len(snapshots) - 1, epochs):
+            self.recipe.set_epoch(optimizer, epoch)
             if self.sampling == "importance" and epoch % self.importance.refresh_every == 0:
                 self.probabilities = self.importance_probabilities(networks, train_x, train_y, pool)
             self.epoch(networks, optimizer, train_x, train_y, pool.to(train_x.device), augment, generators)
@@ -304,13 +302,13 @@ class ExpertGroup:
         by_importance = self.probabilities is not None
         if not by_importance:
             orders = [pool[torch.randperm(len(pool), generator=g).to(pool.device)] for g in generators]
-        weights = None
-        for start in range(0, len(pool), self.config.batch_size):
+        weights, batch_size = None, self.recipe.batch_size
+        for start in range(0, len(pool), batch_size):
             if by_importance:
-                size = min(self.config.batch_size, len(pool) - start)
+                size = min(batch_size, len(pool) - start)
                 idx, weights = self.importance_draws(pool, size, generators)
             else:
-                idx = torch.stack([order[start : start + self.config.batch_size] for order in orders])
+                idx = torch.stack([order[start : start + batch_size] for order in orders])
             x = torch.stack(
                 [augment(train_x[i], g) if augment else train_x[i] for i, g in zip(idx, generators)]
             )

@@ -175,10 +175,7 @@ class IDC(Distiller):
 
     def training_recipe(self) -> TrainingRecipe:
         return TrainingRecipe(
-            lr=self.config.train_lr,
-            epochs=self.run.train_epochs_per_stage,
-            batch_size=self.run.train_batch_size,
-            lr_schedule=IDC_LR_SCHEDULE,
+            sgd=self.run.stage_recipe(lr=self.config.train_lr, lr_schedule=IDC_LR_SCHEDULE),
             augment=self.training_augment(),
             cutmix_prob=self.config.train_cutmix_prob,
             cutmix_beta=self.config.cutmix_beta,

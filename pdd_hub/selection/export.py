@@ -31,7 +31,7 @@ def export_selection(
         stages.append((preprocess(chosen.images), chosen.labels))
     schedule = build_schedule(
         ipcs=[len(idx) // real.num_classes for idx in stage_indices],
-        lrs=[recipe.lr] * len(stage_indices),
+        lrs=[recipe.sgd.lr] * len(stage_indices),
         recipe=recipe,
         class_names=real.class_names,
         image_shape=real.image_shape,
