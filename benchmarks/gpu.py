@@ -641,19 +641,18 @@ def expert_epoch(run, precision: str, count: int, compile: bool) -> dict:
     import torch
     from iteration import peak_memory, reset_peak_memory
 
-    from pdd_hub.methods.experts import ExpertGroup
+    from pdd_hub.methods.experts import ExpertGroup, ExpertTraining
     from pdd_hub.networks import as_networks
     from pdd_hub.params import build_network
+    from pdd_hub.runtime import TrainingRuntime
 
     cfg, device = run.config, run.device
     models = [
         build_network(cfg.model, run.num_classes, run.image_shape, seed=k).to(device) for k in range(count)
     ]
     networks = as_networks(models, compile)
-    recipe = cfg.experts.recipe()
-    group = ExpertGroup(
-        Path(tempfile.mkdtemp(dir=cfg.output_dir)), list(range(count)), recipe, False, precision
-    )
+    training = ExpertTraining(cfg.experts.recipe(), run.augment, runtime=TrainingRuntime(precision=precision))
+    group = ExpertGroup(Path(tempfile.mkdtemp(dir=cfg.output_dir)), list(range(count)), training)
     optimizer = torch.optim.SGD(networks.parameters(), lr=cfg.experts.lr)
     generators = [torch_generator(k) for k in range(count)]
     pool = torch.arange(len(run.train), device=device)
@@ -661,7 +660,7 @@ def expert_epoch(run, precision: str, count: int, compile: bool) -> dict:
 
     def epoch(indices) -> float:
         start = synchronized(device)
-        group.epoch(networks, optimizer, run.train.images, run.train.labels, indices, run.augment, generators)
+        group.epoch(networks, optimizer, run.train.images, run.train.labels, indices, generators)
         return synchronized(device) - start
 
     warm = epoch(pool[: min(len(pool), batch + len(pool) % batch)])
@@ -685,10 +684,12 @@ def evaluation_epochs(model: str, images, labels, sizes: Sizes, variant: tuple[b
     from pdd_hub.augment import build_augment
     from pdd_hub.networks import can_batch
     from pdd_hub.params import build_network
+    from pdd_hub.runtime import TrainingRuntime
     from pdd_hub.schedule import SGDRecipe
-    from pdd_hub.train import StagePlan, train_many
+    from pdd_hub.train import Augmentation, StagePlan, train_many
 
     batched, precision, compile = variant
+    runtime = TrainingRuntime(precision=precision, batched=batched, compile=compile)
     device = images.device
 
     def train(epochs: int, first_seed: int) -> tuple[float, bool]:
@@ -698,9 +699,8 @@ def evaluation_epochs(model: str, images, labels, sizes: Sizes, variant: tuple[b
         ]
         plan = StagePlan("union", images, labels, SGDRecipe(lr=0.01, epochs=epochs))
         start = synchronized(device)
-        train_many(models, [plan], augment=build_augment("dsa"),
-                   generators=[torch_generator(s) for s in range(len(models))], batched=batched,
-                   precision=precision, compile=compile)  # fmt: skip
+        train_many(models, [plan], generators=[torch_generator(s) for s in range(len(models))],
+                   augmentation=Augmentation(build_augment("dsa")), runtime=runtime)  # fmt: skip
         return synchronized(device) - start, batched and can_batch(models[0])
 
     warm, _ = train(1, 100)

@@ -43,8 +43,9 @@ def eval_round(variants: list[str], epochs: int = 20) -> tuple[float, dict[str, 
 
     from pdd_hub.augment import build_augment
     from pdd_hub.params import build_network
+    from pdd_hub.runtime import TrainingRuntime
     from pdd_hub.schedule import SGDRecipe
-    from pdd_hub.train import StagePlan, train_many
+    from pdd_hub.train import Augmentation, StagePlan, train_many
 
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(100, 3, 32, 32, generator=g), torch.arange(10).repeat_interleave(10)
@@ -58,9 +59,10 @@ def eval_round(variants: list[str], epochs: int = 20) -> tuple[float, dict[str, 
         precision, _, compiled = variant.partition("/")
         plan = StagePlan("s", images, labels, SGDRecipe(lr=0.01, epochs=epochs))
         start = time.perf_counter()
+        runtime = TrainingRuntime(precision=precision, compile=compiled == "compile")
         train_many([build_network("convnet_d3", 10, (3, 32, 32), seed=0)], [plan],
-                   augment=build_augment("dsa"), generators=[torch.Generator().manual_seed(0)],
-                   precision=precision, compile=compiled == "compile")  # fmt: skip
+                   generators=[torch.Generator().manual_seed(0)],
+                   augmentation=Augmentation(build_augment("dsa")), runtime=runtime)  # fmt: skip
         ours[variant] = time.perf_counter() - start
     return reference, ours
 
@@ -70,9 +72,10 @@ def expert_round(variants: list[str], examples: int = 2560) -> tuple[float, dict
 
     from pdd_hub.augment import build_augment
     from pdd_hub.config import ExpertConfig
-    from pdd_hub.methods.experts import ExpertGroup
+    from pdd_hub.methods.experts import ExpertGroup, ExpertTraining
     from pdd_hub.networks import as_networks
     from pdd_hub.params import build_network
+    from pdd_hub.runtime import TrainingRuntime
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(examples, 3, 32, 32, generator=g), torch.randint(0, 10, (examples,), generator=g)
@@ -86,14 +89,13 @@ def expert_round(variants: list[str], examples: int = 2560) -> tuple[float, dict
     for variant in variants:
         precision, _, compiled = variant.partition("/")
         model = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
-        recipe = ExpertConfig().recipe()
-        group = ExpertGroup(
-            Path(tempfile.mkdtemp()), [0], recipe, track_forgetting=False, precision=precision
-        )
+        runtime = TrainingRuntime(precision=precision)
+        training = ExpertTraining(ExpertConfig().recipe(), build_augment("dsa"), runtime=runtime)
+        group = ExpertGroup(Path(tempfile.mkdtemp()), [0], training)
         start = time.perf_counter()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         group.epoch(as_networks([model], compiled == "compile"), optimizer, x, y, torch.arange(examples),
-                    build_augment("dsa"), [torch.Generator().manual_seed(0)])  # fmt: skip
+                    [torch.Generator().manual_seed(0)])  # fmt: skip
         ours[variant] = time.perf_counter() - start
     return reference, ours
 

@@ -127,10 +127,10 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
     from pdd_hub.augment import build_augment
     from pdd_hub.config import ExpertConfig
     from pdd_hub.data import Preprocess, PreprocessedImages, load_real_data
-    from pdd_hub.methods.experts import ExpertGroup
+    from pdd_hub.methods.experts import ExpertGroup, ExpertTraining
     from pdd_hub.networks import as_networks
     from pdd_hub.params import build_network
-    from pdd_hub.runtime import configure_threads
+    from pdd_hub.runtime import TrainingRuntime, configure_threads
 
     configure_threads(args.threads)
     real = load_real_data(args.data, val_per_class=1, seed=0)  # 49,990 training images
@@ -138,10 +138,9 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
         real.train = real.train.subset(torch.arange(0, len(real.train), 50))
     preprocess = Preprocess.fit(real.train.images, normalize=False, zca=True)
     images = PreprocessedImages(real.train.images, preprocess)
-    recipe = ExpertConfig().recipe()
-    group = ExpertGroup(
-        Path(tempfile.mkdtemp()), [0], recipe, track_forgetting=False, precision=args.precision
-    )
+    runtime = TrainingRuntime(precision=args.precision)
+    training = ExpertTraining(ExpertConfig().recipe(), build_augment("dsa"), runtime=runtime)
+    group = ExpertGroup(Path(tempfile.mkdtemp()), [0], training)
 
     def epoch(pool: torch.Tensor) -> float:
         network = build_network("convnet_d3", 10, (3, 32, 32), seed=0)
@@ -149,7 +148,7 @@ def child_expert_epoch(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         group.epoch(
             as_networks([network], args.compile), optimizer, images, real.train.labels, pool,
-            build_augment("dsa"), [torch.Generator().manual_seed(0)],
+            [torch.Generator().manual_seed(0)],
         )  # fmt: skip
         return time.perf_counter() - start
 
@@ -166,9 +165,9 @@ def child_evaluation(args: argparse.Namespace) -> None:
 
     from pdd_hub.augment import build_augment
     from pdd_hub.params import build_network
-    from pdd_hub.runtime import configure_threads
+    from pdd_hub.runtime import TrainingRuntime, configure_threads
     from pdd_hub.schedule import SGDRecipe
-    from pdd_hub.train import StagePlan, train_many
+    from pdd_hub.train import Augmentation, StagePlan, train_many
 
     configure_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -180,9 +179,9 @@ def child_evaluation(args: argparse.Namespace) -> None:
         plan = StagePlan("s", images, labels, SGDRecipe(lr=0.01, epochs=epochs))
         start = time.perf_counter()
         train_many(
-            models, [plan], augment=build_augment("dsa"),
-            generators=[torch.Generator().manual_seed(s) for s in range(len(models))],
-            batched=args.batched, precision=args.precision, compile=args.compile, test=test,
+            models, [plan], generators=[torch.Generator().manual_seed(s) for s in range(len(models))],
+            augmentation=Augmentation(build_augment("dsa")), test=test,
+            runtime=TrainingRuntime(precision=args.precision, batched=args.batched, compile=args.compile),
         )  # fmt: skip
         return time.perf_counter() - start
 

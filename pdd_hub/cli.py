@@ -75,9 +75,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, models: list[str], accelerator, output: Path) -> int:
+    from dataclasses import replace
+
     from pdd_hub.data import load_real_data, load_split
-    from pdd_hub.evaluate import evaluate_export, random_baseline
+    from pdd_hub.evaluate import EvalOptions, evaluate_export, random_baseline
     from pdd_hub.hub import load_pdd
+    from pdd_hub.runtime import TrainingRuntime, batch_networks_by_default
 
     pdd = load_pdd(args.synthetic, revision=args.revision)
     _check_push(args, pdd)
@@ -92,17 +95,16 @@ def _evaluate(args: argparse.Namespace, models: list[str], accelerator, output: 
         image_size=image_size,
     )
     seeds = list(range(args.seed, args.seed + args.seeds))
-    settings = {
-        "mode": args.mode,
-        "epochs_per_stage": args.epochs_per_stage,
-        "accelerator": accelerator,
-        "real_name": args.real,
-        "runs_dir": None if args.no_resume else Path(args.output).with_suffix(".runs"),
-        "batched": args.batched,
-        "precision": args.precision,
-        "compile": args.compile,
-    }
-    report = evaluate_export(pdd, test, models, seeds, **settings)
+    options = EvalOptions(
+        mode=args.mode,
+        epochs_per_stage=args.epochs_per_stage,
+        real_name=args.real,
+        runs_dir=None if args.no_resume else Path(args.output).with_suffix(".runs"),
+    )
+    batched = batch_networks_by_default(accelerator.device) if args.batched is None else args.batched
+    runtime = TrainingRuntime(precision=args.precision, batched=batched, compile=args.compile, progress=True)
+    settings = {"runtime": runtime, "accelerator": accelerator}
+    report = evaluate_export(pdd, test, models, seeds, options, **settings)
     if args.baseline == "random":
         train = load_real_data(
             args.real,
@@ -114,7 +116,9 @@ def _evaluate(args: argparse.Namespace, models: list[str], accelerator, output: 
             image_size=image_size,
         ).train
         baseline = random_baseline(pdd, train, seed=args.seed)
-        extra = evaluate_export(baseline, test, models, seeds, tag=" [random real]", **settings)
+        extra = evaluate_export(
+            baseline, test, models, seeds, replace(options, tag=" [random real]"), **settings
+        )
         report.accuracies.update(extra.accuracies)
     if accelerator.is_main_process:
         print(report.to_markdown())
@@ -224,7 +228,7 @@ def _select_and_export(args: argparse.Namespace, scoring) -> int:
     from pdd_hub.rng import stream
     from pdd_hub.runtime import make_accelerator
     from pdd_hub.schedule import SGDRecipe
-    from pdd_hub.selection.select import select_and_export
+    from pdd_hub.selection.select import Selection, select_and_export
     from pdd_hub.train import TrainingRecipe
 
     real = load_real_data(
@@ -242,19 +246,16 @@ def _select_and_export(args: argparse.Namespace, scoring) -> int:
     preprocess = Preprocess.fit(
         real.train.images, normalize=not args.no_normalize, zca=args.zca, mean=mean, std=std
     )
+    selection = Selection(args.method, args.num_stages, args.ipc, _pairs(args.param, "--param"), args.seed)
     folder = select_and_export(
         args.output,
         real,
         preprocess,
-        method=args.method,
-        num_stages=args.num_stages,
-        ipc=args.ipc,
-        options=_pairs(args.param, "--param"),
+        selection,
         scoring=scoring,
         recipe=TrainingRecipe(
             sgd=SGDRecipe(lr=args.lr, epochs=args.epochs), augment=f"dsa:{DEFAULT_STRATEGY}"
         ),
-        seed=args.seed,
         accelerator=make_accelerator(),
     )
     print(f"wrote {args.num_stages} stages x {args.ipc} images per class ({args.method}): {folder}")

@@ -27,8 +27,8 @@ from pdd_hub.io import load_json, save_json, tensors_sha256
 from pdd_hub.models import check_model_builds, create_model
 from pdd_hub.registry import METHODS
 from pdd_hub.rng import stream
-from pdd_hub.runtime import batch_networks_by_default, make_accelerator
-from pdd_hub.train import plan_stages, recipe_augmentations, train_many
+from pdd_hub.runtime import TrainingRuntime, batch_networks_by_default, make_accelerator
+from pdd_hub.train import plan_stages, recipe_augmentation, train_many
 
 BASELINES = ("random",)
 # what a saved run records of each phase's recipe (a saved run is reused only where they match)
@@ -185,6 +185,20 @@ def _saved_run(runs_dir: Path | None, key: dict) -> list[float] | None:
     return accuracy if saved.get("key") == key else None
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation trains and what its report records, besides the models and seeds: the
+    training ``mode``, ``epochs_per_stage`` (``None``: the schedule's), the name of the real data,
+    where finished runs are kept (``runs_dir``; ``None``: nowhere) and the ``tag`` that follows each
+    model's name in the report (e.g. ``" [random real]"`` for a baseline)."""
+
+    mode: str = "progressive"
+    epochs_per_stage: int | None = None
+    real_name: str = ""
+    runs_dir: str | Path | None = None
+    tag: str = ""
+
+
 @dataclass
 class EvalSetup:
     """What every run of one evaluation shares."""
@@ -194,10 +208,7 @@ class EvalSetup:
     test: tuple[torch.Tensor, torch.Tensor]  # preprocessed test images and labels, on the device
     key: Callable[[str, int], dict]  # run_key for (model label, seed)
     runs_dir: Path | None
-    batched: bool
-    precision: str
-    compile: bool
-    show: bool
+    runtime: TrainingRuntime  # its progress bars only on the main process
 
 
 def evaluate_export(
@@ -205,45 +216,38 @@ def evaluate_export(
     test: ImageSet,
     model_names: list[str],
     seeds: list[int],
+    options: EvalOptions = EvalOptions(),
     *,
-    mode: str = "progressive",
-    epochs_per_stage: int | None = None,
+    runtime: TrainingRuntime | None = None,
     accelerator: Accelerator | None = None,
-    real_name: str = "",
-    progress: bool = True,
-    runs_dir: str | Path | None = None,
-    tag: str = "",
-    batched: bool | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
 ) -> EvalReport:
     """Train every model with every seed on the export's schedule, with the recipe it records
-    (augmentation, CutMix, LR schedule); test after each phase. Models appear in the report as
-    ``name + tag`` (e.g. ``" [random real]"`` for a baseline). The seeds of a model train stacked
-    (``batched``; default: on GPUs), else one at a time (through ``torch.compile`` with ``compile``),
-    and the runs are split over accelerate's processes.
+    (augmentation, CutMix, LR schedule); test after each phase. The seeds of a model train stacked
+    when ``runtime.batched`` (default runtime: stacked on GPUs, with progress bars), else one at a
+    time (through ``torch.compile`` with ``runtime.compile``), and the runs are split over
+    accelerate's processes.
 
-    ``runs_dir`` keeps one JSON per finished (model, seed) run; runs found there with the same
+    ``options.runs_dir`` keeps one JSON per finished (model, seed) run; runs found there with the same
     export, schedule, test set and settings are reused instead of retrained.
     """
-    check_eval_inputs(pdd, test, model_names, seeds, real_name)
+    check_eval_inputs(pdd, test, model_names, seeds, options.real_name)
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
-    plans = plan_stages(pdd, mode, epochs_per_stage)
-    runs_dir = Path(runs_dir) if runs_dir is not None else None
+    runtime = runtime or TrainingRuntime(batched=batch_networks_by_default(device), progress=True)
+    plans = plan_stages(pdd, options.mode, options.epochs_per_stage)
+    runs_dir = Path(options.runs_dir) if options.runs_dir is not None else None
     test_digest = test_set_digest(test) if runs_dir is not None else ""
     setup = EvalSetup(
         pdd=pdd,
         plans=plans,
         test=(pdd.preprocess.apply_all(test.images.to(device)), test.labels.to(device)),
-        key=lambda label, seed: run_key(pdd, test_digest, real_name, mode, plans, label, seed),
+        key=lambda label, seed: run_key(
+            pdd, test_digest, options.real_name, options.mode, plans, label, seed
+        ),
         runs_dir=runs_dir,
-        batched=batch_networks_by_default(device) if batched is None else batched,
-        precision=precision,
-        compile=compile,
-        show=progress and accelerator.is_main_process,
+        runtime=replace(runtime, progress=runtime.progress and accelerator.is_main_process),
     )
-    jobs = [(name, seed) for name in model_names for seed in seeds]
+    tag, jobs = options.tag, [(name, seed) for name in model_names for seed in seeds]
     with accelerator.split_between_processes(jobs) as my_jobs:
         results = [
             (name + tag, seed, accs)
@@ -251,20 +255,25 @@ def evaluate_export(
             for seed, accs in run_model_seeds(setup, name, [s for n, s in my_jobs if n == name], tag)
         ]
     results = gather_object(results) if accelerator.num_processes > 1 else results
-    report = EvalReport(
+    report = empty_report(pdd, plans, [name + tag for name in model_names], options)
+    for label, seed, accs in results:
+        report.accuracies[label][seed] = accs
+    return report
+
+
+def empty_report(pdd: PDDDataset, plans: list, labels: list[str], options: EvalOptions) -> EvalReport:
+    """The report of an evaluation of ``pdd`` through ``plans``, with no accuracies yet."""
+    return EvalReport(
         export=str(pdd.path),
-        real=real_name,
-        mode=mode,
+        real=options.real_name,
+        mode=options.mode,
         phases=[p.name for p in plans],
         epochs=[p.recipe.epochs for p in plans],
-        accuracies={name + tag: {} for name in model_names},
+        accuracies={label: {} for label in labels},
         dataset=str(pdd.schedule.source.get("dataset", "")),
         method=pdd.schedule.method,
         stages=[spec.sha256 for spec in pdd.schedule.stages],
     )
-    for label, seed, accs in results:
-        report.accuracies[label][seed] = accs
-    return report
 
 
 def check_eval_inputs(
@@ -297,20 +306,16 @@ def run_model_seeds(setup: EvalSetup, name: str, seeds: list[int], tag: str) -> 
     for seed in todo:
         set_seed(seed)  # the model's initialisation
         models.append(create_model(name, schedule.num_classes, channels, size).to(device))
-    augment, cutmix = recipe_augmentations(schedule.training)
-    groups = [todo] if setup.batched else [[seed] for seed in todo]
+    augmentation = recipe_augmentation(schedule.training)
+    groups = [todo] if setup.runtime.batched else [[seed] for seed in todo]
     for group in groups:
         accuracies = train_many(
             [models[todo.index(seed)] for seed in group],
             setup.plans,
-            augment=augment,
-            cutmix=cutmix,
             generators=[torch.Generator().manual_seed(seed) for seed in group],
-            batched=setup.batched,
-            precision=setup.precision,
-            compile=setup.compile,
+            augmentation=augmentation,
+            runtime=setup.runtime,
             test=setup.test,
-            progress=setup.show,
             description=f"{label} seed{'s' if len(group) > 1 else ''} {', '.join(map(str, group))}",
         )
         for seed, accs in zip(group, accuracies, strict=True):

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from pdd_hub.augment import DSA, CutMix
 from pdd_hub.hub import PDDDataset
 from pdd_hub.schedule import SGDRecipe
-from pdd_hub.train import plan_stages, recipe_augmentations
+from pdd_hub.train import plan_stages, recipe_augmentation
 
 
 @dataclass
@@ -120,7 +120,7 @@ def iterate_schedule(
 ) -> Iterator[TrainingPhase]:
     """The phases of ``pdd``'s schedule in ``mode`` (``progressive``: stage_1, stage_1 ∪ stage_2, ...;
     ``sequential``: each stage alone; ``union``: everything at once), with the export's recipe."""
-    augment, cutmix = recipe_augmentations(pdd.schedule.training)
+    augmentation = recipe_augmentation(pdd.schedule.training)
     for index, plan in enumerate(plan_stages(pdd, mode, epochs_per_stage), start=1):
         yield TrainingPhase(
             index=index,
@@ -129,6 +129,6 @@ def iterate_schedule(
             labels=plan.labels,
             num_classes=pdd.schedule.num_classes,
             recipe=plan.recipe,
-            augment=augment,
-            cutmix=cutmix,
+            augment=augmentation.dsa,
+            cutmix=augmentation.cutmix,
         )

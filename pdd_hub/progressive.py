@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -342,17 +343,10 @@ def train_networks(
     models = [
         network_from(cfg.model, run.num_classes, run.image_shape, state.to(run.device)) for state in states
     ]
-    augment, cutmix = recipe.augmentations()
+    # quietly: validation and transition networks are many short trainings, each under the stage's bar
+    runtime = replace(run.runtime, progress=False)
     accuracies = train_many(
-        models,
-        plans,
-        augment=augment,
-        cutmix=cutmix,
-        generators=generators,
-        batched=run.batch_networks,
-        precision=cfg.precision,
-        compile=cfg.compile,
-        test=test,
+        models, plans, generators=generators, augmentation=recipe.augmentation(), runtime=runtime, test=test
     )
     if trained is not None:
         trained.extend(flat_params(model).cpu() for model in models)

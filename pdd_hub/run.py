@@ -46,7 +46,7 @@ from pdd_hub.outputs import acquire_output_lock, check_writable, release_output_
 from pdd_hub.params import build_network, flat_params
 from pdd_hub.registry import METHODS
 from pdd_hub.rng import stream, stream_seed
-from pdd_hub.runtime import batch_networks_by_default
+from pdd_hub.runtime import TrainingRuntime, batch_networks_by_default
 from pdd_hub.scoring import RealExamples, train_scoring_networks
 from pdd_hub.train import TrainingRecipe
 from pdd_hub.validate import PREPROCESS_RULES, check_numbers
@@ -209,10 +209,7 @@ class Run:
                 seed=cfg.seed,
                 accelerator=self.accelerator,
                 augment=self.augment,
-                progress=cfg.progress,
-                batched=self.batch_networks,
-                precision=cfg.precision,
-                compile=cfg.compile,
+                runtime=self.runtime,
             )
 
         return RealExamples(self.train, model, train)
@@ -222,6 +219,14 @@ class Run:
         """Whether many networks train at once (the config's ``batch_networks``, else by device)."""
         setting = self.config.batch_networks
         return batch_networks_by_default(self.device) if setting is None else setting
+
+    @property
+    def runtime(self) -> TrainingRuntime:
+        """How the run's networks train: the config's ``precision``, ``compile`` and ``progress``."""
+        cfg = self.config
+        return TrainingRuntime(
+            precision=cfg.precision, batched=self.batch_networks, compile=cfg.compile, progress=cfg.progress
+        )
 
     def fewest_per_class(self) -> int:
         """Training examples of the smallest class (after ``train_per_class``)."""

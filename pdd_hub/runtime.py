@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -77,6 +78,21 @@ def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
 
 
 PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainingRuntime:
+    """How networks train on this machine, whatever they learn: the ``precision`` of their forward
+    passes (:func:`autocast`), ``batched`` (many networks stacked under vmap, where their model
+    allows), ``compile`` (``torch.compile`` for a network that trains alone) and ``progress`` bars."""
+
+    precision: str = "fp32"
+    batched: bool = False
+    compile: bool = False
+    progress: bool = False
+
+
+PLAIN = TrainingRuntime()  # fp32, one network at a time, not compiled, quiet
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -29,9 +29,10 @@ from accelerate import Accelerator
 from pdd_hub.augment import DSA
 from pdd_hub.config import ScoringConfig
 from pdd_hub.data.images import ImageSet
-from pdd_hub.methods.experts import ExpertSet, train_experts
+from pdd_hub.methods.experts import ExpertSet, ExpertTraining, train_experts
 from pdd_hub.params import build_network, embed, flat_params, network_from
 from pdd_hub.rng import stream_seed
+from pdd_hub.runtime import TrainingRuntime
 
 
 def forgetting_scores(events: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
@@ -51,10 +52,7 @@ def train_scoring_networks(
     seed: int,
     accelerator: Accelerator,
     augment: DSA | None,
-    progress: bool = True,
-    batched: bool = False,
-    precision: str = "fp32",
-    compile: bool = False,
+    runtime: TrainingRuntime,
 ) -> ExpertSet:
     """``config.runs`` networks trained on all of ``real`` (preprocessed, on the device) with their
     forgetting events recorded; resumable, reused when already there."""
@@ -65,25 +63,9 @@ def train_scoring_networks(
             for i in range(config.runs)
         ]
     )
+    training = ExpertTraining(config.recipe(), augment, seed, track_forgetting=True, runtime=runtime)
     return train_experts(
-        directory,
-        model_name=model_name,
-        num_classes=num_classes,
-        image_shape=shape,
-        train_x=real.images,
-        train_y=real.labels,
-        pool=None,
-        start_states=states,
-        recipe=config.recipe(),
-        augment=augment,
-        seed=seed,
-        stage="scoring",
-        accelerator=accelerator,
-        track_forgetting=True,
-        progress=progress,
-        batched=batched,
-        precision=precision,
-        compile=compile,
+        directory, real, states, training, model_name=model_name, accelerator=accelerator, stage="scoring"
     )
 
 

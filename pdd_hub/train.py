@@ -27,7 +27,7 @@ from pdd_hub.augment import DSA, CutMix, build_augment
 from pdd_hub.hub import PDDDataset
 from pdd_hub.networks import Networks, NetworkStack, SingleNetwork, can_batch, networks_accuracy
 from pdd_hub.params import load_flat_params
-from pdd_hub.runtime import autocast
+from pdd_hub.runtime import PLAIN, TrainingRuntime, autocast
 from pdd_hub.schedule import SGDRecipe
 
 MODES = ("progressive", "sequential", "union")
@@ -50,15 +50,23 @@ class TrainingRecipe:
         cutmix = {"prob": self.cutmix_prob, "beta": self.cutmix_beta} if self.cutmix_prob > 0 else None
         return {"augment": self.augment, "cutmix": cutmix}
 
-    def augmentations(self) -> tuple[DSA | None, CutMix | None]:
+    def augmentation(self) -> Augmentation:
         """The DSA and CutMix to train with."""
-        return recipe_augmentations(self.training_dict())
+        return recipe_augmentation(self.training_dict())
 
 
-def recipe_augmentations(training: dict[str, Any]) -> tuple[DSA | None, CutMix | None]:
+@dataclass(frozen=True)
+class Augmentation:
+    """What every training minibatch goes through: DSA per example, then CutMix (``None``: off)."""
+
+    dsa: DSA | None = None
+    cutmix: CutMix | None = None
+
+
+def recipe_augmentation(training: dict[str, Any]) -> Augmentation:
     """The DSA and CutMix of a schedule's ``training`` entry."""
     cutmix = training.get("cutmix")
-    return build_augment(training.get("augment", "dsa")), CutMix(**cutmix) if cutmix else None
+    return Augmentation(build_augment(training.get("augment", "dsa")), CutMix(**cutmix) if cutmix else None)
 
 
 @dataclass
@@ -97,13 +105,11 @@ def train_stages(
     model: nn.Module,
     plans: list[StagePlan],
     *,
-    augment: DSA | None,
     generator: torch.Generator,
-    cutmix: CutMix | None = None,
+    augmentation: Augmentation = Augmentation(),
     after_stage: Callable[[int, nn.Module], None] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    precision: str = "fp32",
-    progress: bool = False,
+    runtime: TrainingRuntime = PLAIN,
     description: str = "train",
 ) -> torch.optim.Optimizer:
     """Train ``model`` (already on its device) through ``plans`` with one SGD optimiser whose state
@@ -112,13 +118,11 @@ def train_stages(
     return train_networks(
         SingleNetwork(model),
         plans,
-        augment=augment,
         generators=[generator],
-        cutmix=cutmix,
+        augmentation=augmentation,
         after_stage=None if after_stage is None else lambda k, _: after_stage(k, model),
         optimizer=optimizer,
-        precision=precision,
-        progress=progress,
+        runtime=runtime,
         description=description,
     )
 
@@ -127,13 +131,11 @@ def train_networks(
     networks: Networks,
     plans: list[StagePlan],
     *,
-    augment: DSA | None,
     generators: Sequence[torch.Generator],
-    cutmix: CutMix | None = None,
+    augmentation: Augmentation = Augmentation(),
     after_stage: Callable[[int, Networks], None] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    precision: str = "fp32",
-    progress: bool = False,
+    runtime: TrainingRuntime = PLAIN,
     description: str = "train",
 ) -> torch.optim.Optimizer:
     """:func:`train_stages` for K networks at once (one module, or a stack under vmap), network k
@@ -141,14 +143,22 @@ def train_networks(
     device = networks.parameters()[0].device
     if optimizer is None:
         optimizer = plans[0].recipe.build_optimizer(networks.parameters())
-    bar = tqdm(total=sum(p.recipe.epochs for p in plans), desc=description, disable=not progress, leave=False)
+    total = sum(p.recipe.epochs for p in plans)
+    bar = tqdm(total=total, desc=description, disable=not runtime.progress, leave=False)
     for k, plan in enumerate(plans):
         images, labels, recipe = plan.images.to(device), plan.labels.to(device), plan.recipe
         networks.template.train()
         for epoch in range(recipe.epochs):
             recipe.set_epoch(optimizer, epoch)
             train_epoch(
-                networks, optimizer, images, labels, recipe.batch_size, augment, generators, cutmix, precision
+                networks,
+                optimizer,
+                images,
+                labels,
+                recipe.batch_size,
+                augmentation,
+                generators,
+                runtime.precision,
             )
             bar.update(1)
         if after_stage is not None:
@@ -163,9 +173,8 @@ def train_epoch(
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
-    augment: DSA | None,
+    augmentation: Augmentation,
     generators: Sequence[torch.Generator],
-    cutmix: CutMix | None = None,
     precision: str = "fp32",
 ) -> None:
     """One shuffled pass over ``images`` for every network, each in its own order and with its own
@@ -175,7 +184,8 @@ def train_epoch(
         batches = []
         for order, generator in zip(orders, generators, strict=True):
             idx = order[start : start + batch_size]
-            batches.append(augmented_minibatch(images[idx], labels[idx], augment, generator, cutmix))
+            dsa, cutmix = augmentation.dsa, augmentation.cutmix
+            batches.append(augmented_minibatch(images[idx], labels[idx], dsa, generator, cutmix))
         x, y, partner = (torch.stack([b[i] for b in batches]) for i in range(3))
         weights = [b[3] for b in batches]
         weight = None if all(w == 1.0 for w in weights) else torch.tensor(weights, device=x.device)
@@ -241,24 +251,20 @@ def train_many(
     models: Sequence[nn.Module],
     plans: list[StagePlan],
     *,
-    augment: DSA | None,
     generators: Sequence[torch.Generator],
-    cutmix: CutMix | None = None,
-    batched: bool = False,
-    precision: str = "fp32",
-    compile: bool = False,
+    augmentation: Augmentation = Augmentation(),
+    runtime: TrainingRuntime = PLAIN,
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
-    progress: bool = False,
     description: str = "train",
 ) -> list[list[float]]:
     """Train every model (in place) through ``plans``, model k drawing from ``generators[k]``; stacked
-    under vmap when ``batched`` (and the models allow it), else one after the other, each through
-    ``torch.compile`` with ``compile``. With ``test``, returns each model's accuracy on it after every
-    stage (``[model][stage]``)."""
-    if batched and len(models) > 1 and can_batch(models[0]):
+    under vmap when ``runtime.batched`` (and the models allow it), else one after the other, each
+    through ``torch.compile`` with ``runtime.compile``. With ``test``, returns each model's accuracy
+    on it after every stage (``[model][stage]``)."""
+    if runtime.batched and len(models) > 1 and can_batch(models[0]):
         groups = [(NetworkStack.of(models), list(range(len(models))))]
     else:
-        groups = [(SingleNetwork(model, compile), [k]) for k, model in enumerate(models)]
+        groups = [(SingleNetwork(model, runtime.compile), [k]) for k, model in enumerate(models)]
     accuracies: list[list[float]] = [[] for _ in models]
     for networks, members in groups:
 
@@ -269,12 +275,10 @@ def train_many(
         train_networks(
             networks,
             plans,
-            augment=augment,
             generators=[generators[k] for k in members],
-            cutmix=cutmix,
-            precision=precision,
+            augmentation=augmentation,
             after_stage=test_after_stage if test is not None else None,
-            progress=progress,
+            runtime=runtime,
             description=description,
         )
         if isinstance(networks, NetworkStack):

@@ -11,8 +11,9 @@ from torch._dynamo.utils import counters
 from pdd_hub.augment import DSA, CutMix
 from pdd_hub.networks import NetworkStack, can_batch, networks_accuracy
 from pdd_hub.params import build_network, flat_params
+from pdd_hub.runtime import TrainingRuntime
 from pdd_hub.schedule import SGDRecipe
-from pdd_hub.train import StagePlan, evaluate_accuracy, train_many
+from pdd_hub.train import Augmentation, StagePlan, evaluate_accuracy, train_many
 
 
 def networks(k: int = 3, model: str = "convnet_d2") -> list[torch.nn.Module]:
@@ -45,9 +46,9 @@ def train(models: list[torch.nn.Module], **kwargs) -> list[list[float]]:
 def test_stacked_training_equals_one_network_at_a_time(cutmix):
     test = (torch.randn(30, 1, 8, 8, generator=torch.Generator().manual_seed(9)), torch.arange(3).repeat(10))
     alone, together = networks(), networks()
-    kwargs = {"augment": DSA(), "cutmix": cutmix, "test": test}
+    kwargs = {"augmentation": Augmentation(DSA(), cutmix), "test": test}
     acc_alone = train(alone, **kwargs)
-    acc_together = train(together, batched=True, **kwargs)
+    acc_together = train(together, runtime=TrainingRuntime(batched=True), **kwargs)
     start = flat_params(networks()[0])
     for a, b in zip(alone, together, strict=True):
         torch.testing.assert_close(flat_params(b), flat_params(a), rtol=1e-4, atol=1e-5)
@@ -75,9 +76,8 @@ def test_batch_norm_networks_train_one_at_a_time():
     with pytest.raises(ValueError, match="not batchable"):
         NetworkStack.of([bn, copy.deepcopy(bn)])
     models = [bn, copy.deepcopy(bn)]
-    train_many(
-        models, plans()[:1], augment=None, generators=[torch.Generator(), torch.Generator()], batched=True
-    )
+    generators = [torch.Generator(), torch.Generator()]
+    train_many(models, plans()[:1], generators=generators, runtime=TrainingRuntime(batched=True))
     assert not torch.equal(
         flat_params(models[0]), flat_params(build_network("convnet_d3_bn", 3, (1, 8, 8), seed=0))
     )
@@ -88,11 +88,11 @@ def test_compiled_training_follows_the_eager_path_and_leaves_the_model_usable():
     trains the caller's own modules to the parameters and accuracies of eager training."""
     test = (torch.randn(30, 1, 8, 8, generator=torch.Generator().manual_seed(9)), torch.arange(3).repeat(10))
     eager, compiled = networks(k=2), networks(k=2)
-    kwargs = {"augment": DSA(), "test": test}
+    kwargs = {"augmentation": Augmentation(DSA()), "test": test}
     torch._dynamo.reset()
     counters.clear()
     acc_eager = train(eager, **kwargs)
-    acc_compiled = train(compiled, compile=True, **kwargs)
+    acc_compiled = train(compiled, runtime=TrainingRuntime(compile=True), **kwargs)
     assert counters["stats"]["unique_graphs"] >= 2  # train and eval mode went through dynamo
     for a, b in zip(eager, compiled, strict=True):
         assert type(b) is type(a)  # the module itself trained, not a compiled wrapper

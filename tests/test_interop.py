@@ -10,9 +10,10 @@ import torch
 from pdd_hub.cli import main
 from pdd_hub.data import Preprocess, load_real_data
 from pdd_hub.errors import ConfigError, ExportFormatError
-from pdd_hub.evaluate import evaluate_export
+from pdd_hub.evaluate import EvalOptions, evaluate_export
 from pdd_hub.hub import load_pdd
 from pdd_hub.interop import ImportSettings, ReferenceNormalization, export_pt, import_pt
+from pdd_hub.runtime import PLAIN
 from tests.test_hub import make_export
 
 
@@ -77,7 +78,9 @@ def test_files_written_as_progressivedd_writes_them_import_and_evaluate(tmp_path
     assert pdd.schedule.method == "mtt" and pdd.schedule.config["imported_from"]["stages"][1].startswith(
         "interval2"
     )
-    report = evaluate_export(pdd, real.test, ["convnet_d1"], [0], epochs_per_stage=1, progress=False)
+    report = evaluate_export(
+        pdd, real.test, ["convnet_d1"], [0], EvalOptions(epochs_per_stage=1), runtime=PLAIN
+    )
     assert len(report.accuracies["convnet_d1"][0]) == 2  # pdd-hub eval trains on it, stage by stage
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import pdd_hub
 from pdd_hub.data import Preprocess, load_real_data
 from pdd_hub.evaluate import evaluate_export
+from pdd_hub.runtime import PLAIN
 from pdd_hub.schedule import SGDRecipe
 from pdd_hub.selection.export import export_selection
 from pdd_hub.train import TrainingRecipe
@@ -55,7 +56,7 @@ def test_readme_loop_matches_pdd_hub_eval_on_the_same_seed(tmp_path, digits):
         with torch.no_grad():
             accuracies.append((model(test_x).argmax(1) == test_y).float().mean().item())
 
-    report = evaluate_export(pdd, digits.test, ["convnet_d3"], [seed], progress=False)
+    report = evaluate_export(pdd, digits.test, ["convnet_d3"], [seed], runtime=PLAIN)
     assert [p.name for p in pdd_hub.iterate_schedule(pdd)] == report.phases
     evaluated = report.accuracies["convnet_d3"][seed]
     assert accuracies == pytest.approx(evaluated, abs=1e-6)  # the same count of correct test digits

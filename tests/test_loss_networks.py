@@ -18,7 +18,7 @@ from pdd_hub.methods.base import StageContext
 from pdd_hub.params import build_network, flat_params
 from pdd_hub.progressive import run_pdd
 from pdd_hub.rng import stream, stream_seed
-from pdd_hub.train import plan_stages, recipe_augmentations, train_many
+from pdd_hub.train import plan_stages, recipe_augmentation, train_many
 from tests.test_methods import CLASSES, SHAPE, make
 from tests.test_pdd_methods import RUN as PDD_RUN
 
@@ -121,12 +121,12 @@ def test_retrained_networks_are_distinct_per_pool_and_come_from_the_pools(retrai
 def test_retrained_networks_are_fresh_inits_trained_on_the_earlier_stages_only(retrained_run):
     out, _ = retrained_run
     pdd = load_pdd(out / "dataset")
-    augment, cutmix = recipe_augmentations(pdd.schedule.training)
+    augmentation = recipe_augmentation(pdd.schedule.training)
     for stage, refresh, j in ((2, 1, 0), (3, 0, 1)):
         name = ("loss_networks", stage, refresh, j)
         network = build_network("convnet_d1", 10, (1, 8, 8), seed=stream_seed(0, *name))
         plans = plan_stages(pdd, epochs_per_stage=RUN["transition"]["syn_epochs"])[: stage - 1]
-        train_many([network], plans, augment=augment, cutmix=cutmix, generators=[stream(0, *name)])
+        train_many([network], plans, generators=[stream(0, *name)], augmentation=augmentation)
         pool = load_file(str(out / "loss_networks" / f"stage_{stage}" / f"pool_{refresh:04d}.safetensors"))
         assert torch.equal(flat_params(network), pool["states"][j])
 

@@ -12,9 +12,11 @@ from torch import nn
 
 from pdd_hub.augment import DSA
 from pdd_hub.config import ExpertConfig, PDDConfig
-from pdd_hub.methods.experts import ExpertSet, train_experts
+from pdd_hub.data.images import ImageSet
+from pdd_hub.methods.experts import ExpertSet, ExpertTraining, train_experts
 from pdd_hub.methods.mtt import MTT, MTTConfig
 from pdd_hub.params import build_network, flat_params, load_flat_params, unflatten
+from pdd_hub.runtime import TrainingRuntime
 
 
 def toy_data(n: int = 60, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,6 +24,10 @@ def toy_data(n: int = 60, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor
     labels = torch.arange(n) % classes
     means = torch.randn(classes, 1, 8, 8, generator=g)
     return means[labels] + 0.5 * torch.randn(n, 1, 8, 8, generator=g), labels
+
+
+def toy_set() -> ImageSet:
+    return ImageSet(*toy_data(), class_names=["a", "b", "c"])
 
 
 def test_flat_params_is_a_copy_not_a_view_of_the_live_weights():
@@ -36,23 +42,16 @@ def test_flat_params_is_a_copy_not_a_view_of_the_live_weights():
 
 
 def test_expert_epochs_differ_and_start_from_the_given_state(tmp_path):
-    x, y = toy_data()
     start = flat_params(build_network("convnet_d1", 3, (1, 8, 8), seed=5)).unsqueeze(0)
+    recipe = ExpertConfig(epochs=4, batch_size=16, lr=0.05).recipe()
+    training = ExpertTraining(recipe, DSA(), seed=0, track_forgetting=True)
     experts = train_experts(
         tmp_path / "experts",
+        toy_set(),
+        start,
+        training,
         model_name="convnet_d1",
-        num_classes=3,
-        image_shape=(1, 8, 8),
-        train_x=x,
-        train_y=y,
-        pool=None,
-        start_states=start,
-        recipe=ExpertConfig(epochs=4, batch_size=16, lr=0.05).recipe(),
-        augment=DSA(),
-        seed=0,
         accelerator=Accelerator(cpu=True),
-        track_forgetting=True,
-        progress=False,
     )
     traj = experts.trajectory(0)
     assert traj.shape == (5, start.shape[1])
@@ -68,27 +67,14 @@ def test_expert_epochs_differ_and_start_from_the_given_state(tmp_path):
 
 
 def train_toy_experts(directory, batched: bool = False, count: int = 2):
-    x, y = toy_data()
     starts = torch.stack(
         [flat_params(build_network("convnet_d1", 3, (1, 8, 8), seed=s)) for s in range(count)]
     )
+    recipe = ExpertConfig(epochs=5, batch_size=16, lr=0.05, momentum=0.9).recipe()  # momentum: it resumes too
+    runtime = TrainingRuntime(batched=batched)
+    training = ExpertTraining(recipe, DSA(), seed=3, track_forgetting=True, runtime=runtime)
     return train_experts(
-        directory,
-        model_name="convnet_d1",
-        num_classes=3,
-        image_shape=(1, 8, 8),
-        train_x=x,
-        train_y=y,
-        pool=None,
-        start_states=starts,
-        # momentum: its state must resume too
-        recipe=ExpertConfig(epochs=5, batch_size=16, lr=0.05, momentum=0.9).recipe(),
-        augment=DSA(),
-        seed=3,
-        accelerator=Accelerator(cpu=True),
-        track_forgetting=True,
-        progress=False,
-        batched=batched,
+        directory, toy_set(), starts, training, model_name="convnet_d1", accelerator=Accelerator(cpu=True)
     )
 
 

@@ -22,7 +22,7 @@ from pdd_hub.params import build_network, load_flat_params
 from pdd_hub.progressive import run_pdd
 from pdd_hub.rng import stream
 from pdd_hub.schedule import SGDRecipe
-from pdd_hub.train import StagePlan, train_stages
+from pdd_hub.train import Augmentation, StagePlan, train_stages
 
 TINY = {
     "dataset": "sklearn:digits",
@@ -110,8 +110,8 @@ def test_the_transition_starts_stage_2_from_networks_trained_on_stage_1(finished
         train_stages(
             model,
             [plan],
-            augment=run.augment,
             generator=stream(config.seed, "transition", 2, i),
+            augmentation=Augmentation(run.augment),
         )
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 

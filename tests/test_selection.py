@@ -118,7 +118,7 @@ def test_a_staged_selection_round_trips_through_load_dataset_and_load_pdd(method
     from pdd_hub.config import ScoringConfig
     from pdd_hub.data import Preprocess
     from pdd_hub.hub import load_pdd
-    from pdd_hub.selection.select import select_and_export
+    from pdd_hub.selection.select import Selection, select_and_export
 
     preprocess = Preprocess.fit(digits.train.images)
     options = {"clusters": 3} if method == "sensitivity" else {}
@@ -126,10 +126,7 @@ def test_a_staged_selection_round_trips_through_load_dataset_and_load_pdd(method
         tmp_path / method,
         digits,
         preprocess,
-        method=method,
-        num_stages=2,
-        ipc=3,
-        options=options,
+        Selection(method, num_stages=2, ipc=3, options=options),
         scoring=ScoringConfig(runs=2, epochs=2, batch_size=64),
         progress=False,
     )

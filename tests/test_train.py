@@ -10,9 +10,10 @@ import pdd_hub.train as train_mod
 from pdd_hub.augment import DSA
 from pdd_hub.data import Preprocess
 from pdd_hub.hub import PDDDataset, Schedule, StageSpec, SyntheticStage, stage_split_name
+from pdd_hub.runtime import TrainingRuntime
 from pdd_hub.schedule import SGDRecipe
 from pdd_hub.selection import random_stage_indices
-from pdd_hub.train import StagePlan, evaluate_accuracy, plan_stages, train_stages
+from pdd_hub.train import Augmentation, StagePlan, evaluate_accuracy, plan_stages, train_stages
 
 
 def toy_pdd(num_stages: int = 3, ipc: int = 2, classes: int = 3, shape=(1, 8, 8)) -> PDDDataset:
@@ -68,9 +69,7 @@ def test_lr_per_stage_step_decay_and_momentum_carried_across_stages(monkeypatch)
         return real_epoch(model, optimizer, *args)
 
     monkeypatch.setattr(train_mod, "train_epoch", spy)
-    train_stages(
-        model, plan_stages(pdd, "progressive"), augment=None, generator=torch.Generator().manual_seed(0)
-    )
+    train_stages(model, plan_stages(pdd, "progressive"), generator=torch.Generator().manual_seed(0))
     lrs = [round(lr, 6) for lr, _ in seen]
     assert lrs == [0.1, 0.1, 0.01, 0.01, 0.2, 0.2, 0.02, 0.02, 0.3, 0.3, 0.03, 0.03]
     assert seen[0][1] == 0.0  # fresh optimiser
@@ -86,7 +85,7 @@ def test_each_mode_trains_and_reports_after_each_phase(mode):
     train_stages(
         model,
         plan_stages(pdd, mode, epochs_per_stage=2),
-        augment=DSA(),
+        augmentation=Augmentation(DSA()),
         generator=torch.Generator().manual_seed(0),
         after_stage=lambda k, m: reports.append(k),
     )
@@ -103,7 +102,7 @@ def test_training_is_reproducible_for_a_seed():
         train_stages(
             model,
             plan_stages(pdd, "progressive", 2),
-            augment=DSA(),
+            augmentation=Augmentation(DSA()),
             generator=torch.Generator().manual_seed(seed),
         )
         return torch.cat([p.flatten() for p in model.parameters()])
@@ -131,7 +130,7 @@ def test_real_digits_are_learned_from_a_few_images_per_class(digits):
     train_stages(
         model,
         plans,
-        augment=DSA(),
+        augmentation=Augmentation(DSA()),
         generator=torch.Generator().manual_seed(0),
         after_stage=lambda k, m: accs.append(evaluate_accuracy(m, test_x, test_y)),
     )
@@ -227,7 +226,10 @@ def test_bf16_autocast_trains_to_the_accuracy_of_fp32_within_noise(digits):
             torch.manual_seed(seed)
             model = timm.create_model("convnet_d3", num_classes=10, in_chans=1, img_size=8)
             generator = torch.Generator().manual_seed(seed)
-            train_stages(model, [plan], augment=DSA(), generator=generator, precision=precision)
+            runtime = TrainingRuntime(precision=precision)
+            train_stages(
+                model, [plan], generator=generator, augmentation=Augmentation(DSA()), runtime=runtime
+            )
             accs.append(evaluate_accuracy(model, test_x, test_y))
         accuracy[precision] = sum(accs) / len(accs)
     assert accuracy["fp32"] > 0.6  # it learned (chance: 0.1)

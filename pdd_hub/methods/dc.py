@@ -28,7 +28,7 @@ from pdd_hub.methods.matching import METRICS, classwise_matching_loss
 from pdd_hub.networks import SingleNetwork
 from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.registry import register_method
-from pdd_hub.train import train_epoch
+from pdd_hub.train import Augmentation, train_epoch
 
 # (outer_loop, inner_loop) per images per class, from the official code (utils.get_loops)
 OFFICIAL_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -130,7 +130,7 @@ class DC(Distiller):
                 images,
                 labels,
                 self.config.batch_train,
-                self.augment,
+                Augmentation(self.augment),
                 [self.ctx.generator],
             )
 

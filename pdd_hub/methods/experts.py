@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pdd_hub.augment import DSA
 from pdd_hub.config import ExpertConfig, ImportanceConfig
+from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import CorruptStateError, DatasetFormatError
 from pdd_hub.io import RUN_FILE_HINT, load_json, load_tensors, save_json, save_tensors
 from pdd_hub.methods.base import StageContext
@@ -28,7 +29,7 @@ from pdd_hub.methods.sampling import importance_probabilities
 from pdd_hub.networks import Networks, as_networks, momentum_of, set_momentum_of
 from pdd_hub.params import network_from
 from pdd_hub.rng import stream
-from pdd_hub.runtime import autocast
+from pdd_hub.runtime import PLAIN, TrainingRuntime, autocast
 from pdd_hub.schedule import SGDRecipe
 from pdd_hub.train import mixed_cross_entropy
 
@@ -102,77 +103,71 @@ class ExpertSet:
         return torch.stack(events), torch.stack(learned)
 
 
+@dataclass(frozen=True)
+class ExpertTraining:
+    """How experts train, whatever they start from: ``recipe``, the augmentation of their minibatches,
+    importance sampling of the examples (``None``: shuffled passes), whether they count forgetting
+    events, the ``seed`` of their random streams and the runtime."""
+
+    recipe: SGDRecipe
+    augment: DSA | None = None
+    seed: int = 0
+    importance: ImportanceConfig | None = None
+    track_forgetting: bool = False
+    runtime: TrainingRuntime = PLAIN
+
+
 def train_experts(
     directory: str | Path,
+    real: ImageSet,
+    start_states: torch.Tensor,
+    training: ExpertTraining,
     *,
     model_name: str,
-    num_classes: int,
-    image_shape: tuple[int, int, int],
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    pool: torch.Tensor | None,
-    start_states: torch.Tensor,
-    recipe: SGDRecipe,
-    augment: DSA | None,
-    seed: int,
     accelerator: Accelerator,
+    pool: torch.Tensor | None = None,
     stage: int | str = 1,
-    track_forgetting: bool = False,
-    progress: bool = True,
-    batched: bool = False,
-    precision: str = "fp32",
-    compile: bool = False,
-    sampling: str = "uniform",
-    importance: ImportanceConfig | None = None,
 ) -> ExpertSet:
-    """Train one expert from each row of ``start_states`` on ``train_x[pool]`` with ``recipe``,
-    skipping finished experts and resuming unfinished ones; expert i of ``stage`` draws from the
-    stream ``("experts", stage, i)`` of ``seed``. The experts of a process train one at a time
-    (through ``torch.compile`` with ``compile``), or stacked together with ``batched``. Returns the
-    loaded :class:`ExpertSet`."""
+    """Train one ``model_name`` expert from each row of ``start_states`` on ``real[pool]`` (all of it
+    by default) as ``training`` says, skipping finished experts and resuming unfinished ones; expert i
+    of ``stage`` draws from the stream ``("experts", stage, i)`` of ``training.seed``. The experts of a
+    process train one at a time (through ``torch.compile`` with the runtime's ``compile``), or stacked
+    together when it is ``batched``. Returns the loaded :class:`ExpertSet`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    num_experts = len(start_states)
+    runtime, train_x = training.runtime, real.images
     pool = torch.arange(len(train_x)) if pool is None else pool.cpu()
-    mine = list(range(accelerator.process_index, num_experts, accelerator.num_processes))
+    mine = list(range(accelerator.process_index, len(start_states), accelerator.num_processes))
     todo = [i for i in mine if not expert_file(directory, i).exists()]
-    size = max(1, len(todo)) if batched else 1
+    size = max(1, len(todo)) if runtime.batched else 1
     groups = [todo[first : first + size] for first in range(0, len(todo), size)]
-    for group in tqdm(
-        groups, desc=f"experts ({directory.name})", disable=not (progress and accelerator.is_main_process)
-    ):
+    shown = runtime.progress and accelerator.is_main_process
+    for group in tqdm(groups, desc=f"experts ({directory.name})", disable=not shown):
         models = [
-            network_from(model_name, num_classes, image_shape, start_states[i].to(train_x.device))
+            network_from(model_name, real.num_classes, real.image_shape, start_states[i].to(train_x.device))
             for i in group
         ]
-        trainer = ExpertGroup(directory, group, recipe, track_forgetting, precision, sampling, importance)
-        streams = [stream(seed, "experts", stage, i) for i in group]
-        trainer.train(as_networks(models, compile), train_x, train_y, pool, augment, streams)
+        streams = [stream(training.seed, "experts", stage, i) for i in group]
+        networks = as_networks(models, runtime.compile)
+        ExpertGroup(directory, group, training).train(networks, train_x, real.labels, pool, streams)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        facts = manifest(
-            model_name, num_classes, image_shape, start_states, recipe, len(pool), track_forgetting
-        )
+        facts = manifest(model_name, real, start_states, training, len(pool))
         save_json(facts, directory / MANIFEST)
     accelerator.wait_for_everyone()
     return ExpertSet.load(directory)
 
 
 def manifest(
-    model_name: str,
-    num_classes: int,
-    image_shape: tuple[int, int, int],
-    start_states: torch.Tensor,
-    recipe: SGDRecipe,
-    train_examples: int,
-    track_forgetting: bool,
+    model_name: str, real: ImageSet, start_states: torch.Tensor, training: ExpertTraining, train_examples: int
 ) -> dict:
     """What ``manifest.json`` says about a stage's experts."""
+    recipe = training.recipe
     return {
         "format_version": 1,
         "model": model_name,
-        "num_classes": num_classes,
-        "image_shape": list(image_shape),
+        "num_classes": real.num_classes,
+        "image_shape": list(real.image_shape),
         "num_experts": len(start_states),
         "epochs": recipe.epochs,
         "num_params": int(start_states.shape[1]),
@@ -184,19 +179,13 @@ def manifest(
             "batch_size": recipe.batch_size,
         },
         "train_examples": train_examples,
-        "forgetting": track_forgetting,
+        "forgetting": training.track_forgetting,
         "files": [f"expert_{i:03d}.safetensors" for i in range(len(start_states))],
     }
 
 
 def experts_for_stage(
-    ctx: StageContext,
-    config: ExpertConfig,
-    num_classes: int,
-    image_shape: tuple[int, int, int],
-    *,
-    later_epochs: int,
-    track_forgetting: bool = False,
+    ctx: StageContext, config: ExpertConfig, *, later_epochs: int, track_forgetting: bool = False
 ) -> ExpertSet:
     """The experts of ``ctx``'s stage: one from each start state (up to ``num_experts``), trained on the
     stage's pool of real data, in the run folder, with ``config``'s recipe. Stage 1's train
@@ -207,27 +196,25 @@ def experts_for_stage(
     same_as_stage_1 = ctx.start_states_stage == 1 and len(ctx.pool) == len(ctx.real)
     expert_stage = 1 if same_as_stage_1 else ctx.stage
     recipe = config.recipe() if expert_stage == 1 else replace(config.recipe(), epochs=later_epochs)
-    return train_experts(
-        ctx.layout.experts_dir(expert_stage),
-        model_name=ctx.model_name,
-        num_classes=num_classes,
-        image_shape=image_shape,
-        train_x=ctx.real.images,
-        train_y=ctx.real.labels,
-        pool=ctx.pool,
-        start_states=ctx.start_states[: config.num_experts],
-        recipe=recipe,
+    training = ExpertTraining(
+        recipe,
         augment=ctx.augment,
         seed=ctx.seed,
-        stage=expert_stage,
-        accelerator=ctx.accelerator,
+        importance=ctx.importance if ctx.real_sampling == "importance" else None,
         track_forgetting=track_forgetting and expert_stage == 1,
-        progress=ctx.progress,
-        batched=ctx.batch_networks,
-        precision=ctx.precision,
-        compile=ctx.compile,
-        sampling=ctx.real_sampling,
-        importance=ctx.importance,
+        runtime=TrainingRuntime(
+            precision=ctx.precision, batched=ctx.batch_networks, compile=ctx.compile, progress=ctx.progress
+        ),
+    )
+    return train_experts(
+        ctx.layout.experts_dir(expert_stage),
+        ctx.real,
+        ctx.start_states[: config.num_experts],
+        training,
+        model_name=ctx.model_name,
+        accelerator=ctx.accelerator,
+        pool=ctx.pool,
+        stage=expert_stage,
     )
 
 
@@ -236,19 +223,9 @@ class ExpertGroup:
     counts kept in a partial folder after every epoch, so a killed run resumes where it stopped,
     bit for bit on the same device; finished experts become ``expert_XXX.safetensors``."""
 
-    def __init__(
-        self,
-        directory: Path,
-        indices: list[int],
-        recipe: SGDRecipe,
-        track_forgetting: bool,
-        precision: str,
-        sampling: str = "uniform",
-        importance: ImportanceConfig | None = None,
-    ) -> None:
-        self.directory, self.indices, self.recipe = directory, indices, recipe
-        self.track_forgetting, self.precision = track_forgetting, precision
-        self.sampling, self.importance = sampling, importance or ImportanceConfig()
+    def __init__(self, directory: Path, indices: list[int], training: ExpertTraining) -> None:
+        self.directory, self.indices, self.training = directory, indices, training
+        self.recipe, self.importance = training.recipe, training.importance
         self.probabilities: torch.Tensor | None = None  # [K, pool]: importance sampling's, per expert
         name = (
             f"expert_{indices[0]:03d}" if len(indices) == 1 else f"experts_{indices[0]:03d}-{indices[-1]:03d}"
@@ -261,7 +238,6 @@ class ExpertGroup:
         train_x: torch.Tensor,
         train_y: torch.Tensor,
         pool: torch.Tensor,
-        augment: DSA | None,
         generators: list[torch.Generator],
     ) -> None:
         """Train the recipe's epochs (from the last saved one), then write each expert's trajectory."""
@@ -272,15 +248,15 @@ class ExpertGroup:
         networks.template.train()
         for epoch in range(len(snapshots) - 1, epochs):
             self.recipe.set_epoch(optimizer, epoch)
-            if self.sampling == "importance" and epoch % self.importance.refresh_every == 0:
+            if self.importance is not None and epoch % self.importance.refresh_every == 0:
                 self.probabilities = self.importance_probabilities(networks, train_x, train_y, pool)
-            self.epoch(networks, optimizer, train_x, train_y, pool.to(train_x.device), augment, generators)
+            self.epoch(networks, optimizer, train_x, train_y, pool.to(train_x.device), generators)
             snapshots.append(networks.flat().cpu())
             self.save_epoch(epoch + 1, snapshots[-1], networks, optimizer, generators)
         trajectories = torch.stack(snapshots, dim=1)  # [K, epochs + 1, P]
         for k, index in enumerate(self.indices):
             final = {"trajectory": trajectories[k]}
-            if self.track_forgetting:
+            if self.training.track_forgetting:
                 final["forgetting_events"] = self.counts.events[k].cpu()
                 final["ever_learned"] = self.counts.ever_learned[k].cpu().to(torch.uint8)
             save_tensors(final, expert_file(self.directory, index), metadata={"epochs": str(epochs)})
@@ -293,7 +269,6 @@ class ExpertGroup:
         train_x: torch.Tensor,
         train_y: torch.Tensor,
         pool: torch.Tensor,
-        augment: DSA | None,
         generators: list[torch.Generator],
     ) -> None:
         """An epoch of every expert: a pass over the pool in its own order (or, by importance, as many
@@ -302,7 +277,7 @@ class ExpertGroup:
         by_importance = self.probabilities is not None
         if not by_importance:
             orders = [pool[torch.randperm(len(pool), generator=g).to(pool.device)] for g in generators]
-        weights, batch_size = None, self.recipe.batch_size
+        weights, batch_size, augment = None, self.recipe.batch_size, self.training.augment
         for start in range(0, len(pool), batch_size):
             if by_importance:
                 size = min(batch_size, len(pool) - start)
@@ -313,14 +288,14 @@ class ExpertGroup:
                 [augment(train_x[i], g) if augment else train_x[i] for i, g in zip(idx, generators)]
             )
             y = train_y[idx]
-            with autocast(x.device, self.precision):
+            with autocast(x.device, self.training.runtime.precision):
                 logits = networks(x)
                 # each expert's gradient is that of its own mean loss
                 loss = mixed_cross_entropy(logits, y, y, None, weights).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if self.track_forgetting:
+            if self.training.track_forgetting:
                 self.counts.update(idx, logits.detach().argmax(dim=-1) == y)
 
     def importance_draws(

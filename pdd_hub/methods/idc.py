@@ -158,13 +158,7 @@ class IDC(Distiller):
         self.step_in_network, self.draws = 0, 0
         self.bounds = self._pixel_bounds(ctx)
         if self.config.network_pool == "experts":
-            self.experts = experts_for_stage(
-                ctx,
-                self.run.experts,
-                self.num_classes,
-                self.image_shape,
-                later_epochs=self.config.pool_last_epoch,
-            )
+            self.experts = experts_for_stage(ctx, self.run.experts, later_epochs=self.config.pool_last_epoch)
 
     def loss_networks_config(self) -> LossNetworksConfig:
         return self.config.networks

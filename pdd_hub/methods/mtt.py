@@ -83,8 +83,6 @@ class MTT(Distiller):
         self.experts = experts_for_stage(
             ctx,
             self.expert_config,
-            self.num_classes,
-            self.image_shape,
             later_epochs=cfg.max_start_epoch + cfg.expert_epochs + 1,  # all that matching reaches
             track_forgetting=self.track_forgetting,
         )

@@ -10,7 +10,7 @@ the same data trains nothing.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import ConfigError
 from pdd_hub.registry import SELECTIONS
 from pdd_hub.rng import stream
+from pdd_hub.runtime import TrainingRuntime
 from pdd_hub.scoring import RealExamples, scoring_cache_key, train_scoring_networks
 from pdd_hub.selection.base import selection_indices, staged
 from pdd_hub.selection.export import export_selection
@@ -46,26 +47,63 @@ def build_selector(method: str, options: dict[str, Any] | None = None):
     return entry.cls(config)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """A selection baseline: the top ``num_stages * ipc`` training images of each class by the
+    selection method ``method`` (with its settings ``options``), as ``num_stages`` stages of ``ipc``."""
+
+    method: str
+    num_stages: int
+    ipc: int
+    options: dict[str, Any] | None = None
+    seed: int = 0
+
+
 def select_and_export(
     output: str | Path,
     real: RealData,
     preprocess: Preprocess,
+    selection: Selection,
     *,
-    method: str,
-    num_stages: int,
-    ipc: int,
-    options: dict[str, Any] | None = None,
     scoring: ScoringConfig | None = None,
     recipe: TrainingRecipe | None = None,
-    seed: int = 0,
     accelerator: Accelerator | None = None,
     progress: bool = True,
 ) -> Path:
-    """Rank every class's training images with ``method`` and export the top ``num_stages * ipc`` as
-    ``num_stages`` stages (stage k: the k-th block of ``ipc``). Features and forgetting scores come
-    from ``scoring`` networks (default architecture ConvNet-D3), trained only if the method asks."""
-    selector = build_selector(method, options)
+    """Rank every class's training images as ``selection`` says and export the top ones as its stages
+    (stage k: the k-th block of ``ipc``). Features and forgetting scores come from ``scoring``
+    networks (default architecture ConvNet-D3), trained only if the method asks."""
+    method, seed = selection.method, selection.seed
+    selector = build_selector(method, selection.options)
     scoring = scoring or ScoringConfig()
+    examples = scored_examples(real, preprocess, scoring, seed, accelerator, progress)
+    generators = [stream(seed, "selection", method, c) for c in range(real.num_classes)]
+    chosen = selection_indices(
+        selector, examples.class_pools(), selection.num_stages * selection.ipc, generators
+    )
+    config = {
+        "selection": {"method": method, "settings": asdict(selector.config) if selector.config else {}},
+        "num_stages": selection.num_stages,
+        "ipc": selection.ipc,
+        "seed": seed,
+        "scoring": {**asdict(scoring), "model": examples.model_name} if _uses_scoring(examples) else None,
+        "preprocess": preprocess.to_config(),
+    }
+    stages = staged(chosen, selection.num_stages, selection.ipc)
+    return export_selection(output, real, stages, preprocess, method=method, recipe=recipe, config=config)
+
+
+def scored_examples(
+    real: RealData,
+    preprocess: Preprocess,
+    scoring: ScoringConfig,
+    seed: int,
+    accelerator: Accelerator | None,
+    progress: bool,
+) -> RealExamples:
+    """The training examples in ``preprocess``'s space, with the features and forgetting scores of
+    ``scoring`` networks trained on first use, in the cache (under a key of the data, the
+    preprocessing and the settings: a second selection on the same data trains nothing)."""
     scoring_model = scoring.model or DEFAULT_SCORING_MODEL
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     train = ImageSet(
@@ -90,23 +128,10 @@ def select_and_export(
             seed=seed,
             accelerator=accelerator or Accelerator(cpu=device.type == "cpu"),
             augment=build_augment("dsa"),
-            progress=progress,
+            runtime=TrainingRuntime(progress=progress),
         )
 
-    examples = RealExamples(train, scoring_model, train_networks)
-    generators = [stream(seed, "selection", method, c) for c in range(real.num_classes)]
-    chosen = selection_indices(selector, examples.class_pools(), num_stages * ipc, generators)
-    config = {
-        "selection": {"method": method, "settings": asdict(selector.config) if selector.config else {}},
-        "num_stages": num_stages,
-        "ipc": ipc,
-        "seed": seed,
-        "scoring": {**asdict(scoring), "model": scoring_model} if _uses_scoring(examples) else None,
-        "preprocess": preprocess.to_config(),
-    }
-    return export_selection(
-        output, real, staged(chosen, num_stages, ipc), preprocess, method=method, recipe=recipe, config=config
-    )
+    return RealExamples(train, scoring_model, train_networks)
 
 
 def _uses_scoring(examples: RealExamples) -> bool:
