@@ -152,18 +152,18 @@ def distill_stage(
     ctx: StageContext,
     config: PDDConfig,
     *,
-    frozen_images: torch.Tensor,
-    frozen_labels: torch.Tensor,
-    new_images: torch.Tensor,
-    new_labels: torch.Tensor,
+    frozen: tuple[torch.Tensor, torch.Tensor],
+    new: tuple[torch.Tensor, torch.Tensor],
     evaluate: Evaluate,
     checkpoint: StageCheckpoint,
     log_metrics: LogMetrics = lambda values, step: None,
 ) -> StageResult:
-    """Optimise the stored ``new_images`` for ``config.stage_iterations`` steps of ``distiller.loss`` on the
-    union (``frozen`` first when ``config.conditioning``); ``evaluate(images, labels, lr, iteration)``
-    returns the validation accuracy of networks trained on stages 1..k."""
+    """Optimise the stored ``new`` images (with their labels) for ``config.stage_iterations`` steps of
+    ``distiller.loss`` on the union (the earlier stages' ``frozen`` images and labels first when
+    ``config.conditioning``); ``evaluate(images, labels, lr, iteration)`` returns the validation
+    accuracy of networks trained on stages 1..k."""
     device = ctx.accelerator.device
+    (frozen_images, frozen_labels), (new_images, new_labels) = frozen, new
     new_labels = new_labels.to(device)
     union = Union(
         distiller,

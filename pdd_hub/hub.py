@@ -39,6 +39,7 @@ from pdd_hub.schedule import SGDRecipe
 from pdd_hub.validate import check_literal_path, check_schedule, confined_file
 
 if TYPE_CHECKING:
+    from pdd_hub.data import RealData
     from pdd_hub.publish import PushOptions
     from pdd_hub.train import TrainingRecipe
 
@@ -195,48 +196,52 @@ class PDDDataset:
         return torch.cat([s.images for s in chosen]), torch.cat([s.labels for s in chosen])
 
 
+@dataclass(frozen=True)
+class StageFacts:
+    """What an exporter says of one stage: ``ipc`` images per class, trained with ``lr``; for a
+    distilled stage also the real examples it learned from and how it was distilled (the
+    ``real_pool`` and ``distillation`` of :class:`StageSpec`)."""
+
+    ipc: int
+    lr: float
+    real_pool: dict[str, Any] | None = None
+    distillation: dict[str, Any] | None = None
+
+
 def build_schedule(
-    *,
-    ipcs: list[int],
-    lrs: list[float],
+    stages: list[StageFacts],
     recipe: TrainingRecipe,
-    class_names: list[str],
-    image_shape: tuple[int, int, int],
+    real: RealData,
     preprocess: Preprocess,
-    source: dict[str, Any],
+    *,
     method: str,
     distill_model: str,
     config: dict[str, Any],
     storage: dict[str, Any] | None = None,
-    pools: list[dict[str, Any] | None] | None = None,
-    distillation: list[dict[str, Any] | None] | None = None,
 ) -> Schedule:
-    """The schedule of an export whose stage k holds ``ipcs[k]`` images per class, trained with
-    ``lrs[k]`` and ``recipe``; ``storage`` (with an ``expansion``) says how many stored images
-    made them (IDC's multi-formation). The one way schedules are made."""
+    """The schedule of an export of ``stages``, each trained with ``recipe`` at its own LR, made from
+    ``real`` (its classes, image shape and source); ``storage`` (with an ``expansion``) says how many
+    stored images made them (IDC's multi-formation). The one way schedules are made."""
     expansion = int((storage or {}).get("expansion", 1))
-    stages = [
+    specs = [
         StageSpec(
             split=stage_split_name(k),
-            ipc=ipc,
-            recipe=replace(recipe.sgd, lr=float(lr)),
-            stored_ipc=ipc // expansion,
-            real_pool=pool,
-            distillation=made,
+            ipc=stage.ipc,
+            recipe=replace(recipe.sgd, lr=float(stage.lr)),
+            stored_ipc=stage.ipc // expansion,
+            real_pool=stage.real_pool,
+            distillation=stage.distillation,
         )
-        for k, (ipc, lr, pool, made) in enumerate(
-            zip(ipcs, lrs, pools or [None] * len(ipcs), distillation or [None] * len(ipcs), strict=True),
-            start=1,
-        )
+        for k, stage in enumerate(stages, start=1)
     ]
     return Schedule(
-        stages=stages,
-        class_names=list(class_names),
-        image_shape=tuple(image_shape),
+        stages=specs,
+        class_names=list(real.class_names),
+        image_shape=tuple(real.image_shape),
         preprocess=preprocess.to_config(),
         method=method,
         distill_model=distill_model,
-        source=source,
+        source=real.source.to_dict(),
         training={**recipe.training_dict(), "mode": "progressive"},
         storage=storage or {"kind": "images", "expansion": 1},
         config=config,

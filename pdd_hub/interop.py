@@ -274,7 +274,7 @@ def _reference_schedule(
     from dataclasses import asdict
 
     from pdd_hub.data import load_real_data
-    from pdd_hub.hub import build_schedule
+    from pdd_hub.hub import StageFacts, build_schedule
     from pdd_hub.schedule import SGDRecipe
     from pdd_hub.train import TrainingRecipe
 
@@ -292,13 +292,10 @@ def _reference_schedule(
     sgd = SGDRecipe(lr=lrs[0], epochs=settings.epochs, batch_size=settings.batch_size)
     recipe = TrainingRecipe(sgd=sgd, augment=settings.augment)
     schedule = build_schedule(
-        ipcs=[stage_ipc(stage, data.num_classes) for stage in stages],
-        lrs=lrs,
-        recipe=recipe,
-        class_names=data.class_names,
-        image_shape=shape,
-        preprocess=preprocess,
-        source=data.source.to_dict(),
+        [StageFacts(stage_ipc(stage, data.num_classes), lr) for stage, lr in zip(stages, lrs, strict=True)],
+        recipe,
+        data,  # its image shape is the stages' (checked above)
+        preprocess,
         method=settings.method,
         distill_model=settings.distill_model,
         config={

@@ -98,16 +98,13 @@ def distil_one_stage(
     distiller.begin_stage(ctx)
     used = torch.tensor([i for f in finished for i in f.info.get("init_indices", [])], dtype=torch.long)
     new_images, new_labels, init_indices = initial_images(run, distiller, stage, pool, used)
-    frozen_images, frozen_labels = union_of(finished)
     recipe = distiller.training_recipe()
     result = distill_stage(
         distiller,
         ctx,
         cfg,
-        frozen_images=frozen_images,
-        frozen_labels=frozen_labels,
-        new_images=new_images,
-        new_labels=new_labels,
+        frozen=union_of(finished),
+        new=(new_images, new_labels),
         evaluate=functools.partial(validation_accuracy, run, distiller, stage, start_states),
         checkpoint=run.checkpoint,
         log_metrics=lambda values, step: run.accelerator.log(values, step=step),

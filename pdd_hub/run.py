@@ -38,7 +38,7 @@ from pdd_hub.checkpoint import StageCheckpoint
 from pdd_hub.config import PDDConfig, config_from_dict, flatten_config, save_config, unused_sections
 from pdd_hub.data import ImageSet, Preprocess, PreprocessedImages, RealData, load_real_data
 from pdd_hub.errors import ConfigError, CorruptStateError, ExportFormatError, ModelNotFoundError, OutputError
-from pdd_hub.hub import build_schedule, export_pdd, stage_checksum
+from pdd_hub.hub import StageFacts, build_schedule, export_pdd, stage_checksum
 from pdd_hub.io import RUN_FILE_HINT, load_json, load_tensors, save_json, save_tensors
 from pdd_hub.methods.experts import ExpertSet
 from pdd_hub.models import check_model_builds
@@ -407,20 +407,21 @@ class Run:
         """Write ``dataset/`` (atomically) with the finished stages, in the Hub format, unless it
         already holds exactly them (a resumed run does not rewrite an export that is current)."""
         cfg = self.config
+        stages = [
+            StageFacts(
+                len(f.labels) // self.num_classes, f.lr, f.info.get("pool"), f.info.get("distillation")
+            )
+            for f in finished
+        ]
         schedule = build_schedule(
-            ipcs=[len(f.labels) // self.num_classes for f in finished],
-            lrs=[f.lr for f in finished],
-            recipe=recipe,
-            class_names=self.real.class_names,
-            image_shape=self.image_shape,
-            preprocess=self.preprocess,
-            source=self.real.source.to_dict(),
+            stages,
+            recipe,
+            self.real,
+            self.preprocess,
             method=cfg.method,
             distill_model=cfg.model,
             config=cfg.to_dict(),
             storage=storage,
-            pools=[f.info.get("pool") for f in finished],
-            distillation=[f.info.get("distillation") for f in finished],
         )
         if self.accelerator.is_main_process and not self.export_is_current(finished):
             export_pdd(self.dataset_dir, schedule, [(f.images, f.labels) for f in finished], self.preprocess)

@@ -88,10 +88,8 @@ def run(tmp_path, config, ctx, method, frozen, evaluate=None):
         method,
         ctx,
         config,
-        frozen_images=frozen,
-        frozen_labels=torch.tensor([0, 1]),
-        new_images=torch.zeros(2, 1, 2, 2),
-        new_labels=torch.tensor([0, 1]),
+        frozen=(frozen, torch.tensor([0, 1])),
+        new=(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])),
         evaluate=evaluate or (lambda images, labels, lr, it: -float(((images[2:] - 3) ** 2).mean())),
         checkpoint=StageCheckpoint(tmp_path / "ckpt", ctx.accelerator),
     )

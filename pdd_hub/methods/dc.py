@@ -24,7 +24,7 @@ from pdd_hub.augment import build_augment
 from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
-from pdd_hub.methods.matching import METRICS, classwise_matching_loss
+from pdd_hub.methods.matching import METRICS, GradientMatching, classwise_matching_loss
 from pdd_hub.networks import SingleNetwork
 from pdd_hub.params import build_network, flat_params, load_flat_params
 from pdd_hub.registry import register_method
@@ -106,15 +106,13 @@ class DC(Distiller):
     def matching_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum over classes of the distance between real and synthetic gradients of the network."""
         cfg = self.config
+        matching = GradientMatching(cfg.layers, cfg.batch_real, cfg.metric)
         return classwise_matching_loss(
             self.network,
             images,
             labels,
-            self.ctx.real,
             self.sampler,
-            layers=cfg.layers,
-            batch_real=cfg.batch_real,
-            metric=cfg.metric,
+            matching,
             augment=self.augment,
             generator=self.ctx.generator,
         )

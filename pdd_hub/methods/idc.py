@@ -36,7 +36,7 @@ from pdd_hub.errors import ConfigError
 from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
-from pdd_hub.methods.matching import classwise_matching_loss
+from pdd_hub.methods.matching import GradientMatching, classwise_matching_loss
 from pdd_hub.params import (
     build_network,
     flat_params,
@@ -190,18 +190,15 @@ class IDC(Distiller):
         """Sum over classes of the distance between real and synthetic gradients (conv weights); one
         augmentation draw serves both batches of a class, as IDC draws once for the two concatenated."""
         cfg = self.config
+        matching = GradientMatching(cfg.layers, cfg.batch_real, cfg.metric, cfg.max_syn)
         return classwise_matching_loss(
             self.network,
             images,
             labels,
-            self.ctx.real,
             self.sampler,
-            layers=cfg.layers,
-            batch_real=cfg.batch_real,
-            metric=cfg.metric,
+            matching,
             augment=self.augment,
             generator=self.ctx.generator,
-            max_syn=cfg.max_syn,
         )
 
     def train_on_real(self) -> None:

@@ -12,12 +12,13 @@ Distances (summed over the matched parameter tensors):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pdd_hub.augment import DSA
-from pdd_hub.data.images import ImageSet
 from pdd_hub.methods.sampling import RealSampler
 
 METRICS = ("dc", "mse", "l1")
@@ -95,36 +96,45 @@ def class_gradient_distance(
     return gradient_distance(g_real, g_syn, metric)
 
 
+@dataclass(frozen=True)
+class GradientMatching:
+    """What a gradient-matching loss compares, class by class: the gradients of the ``layers``
+    (:func:`matched_parameters`) on ``batch_real`` real images and on the synthetic images (at most
+    ``max_syn`` of them, drawn at random; ``None``: all), by the distance ``metric``."""
+
+    layers: str
+    batch_real: int
+    metric: str
+    max_syn: int | None = None
+
+
 def classwise_matching_loss(
     network: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    real: ImageSet,
     sampler: RealSampler,
+    matching: GradientMatching,
     *,
-    layers: str,
-    batch_real: int,
-    metric: str,
     augment: DSA | None,
     generator: torch.Generator,
-    max_syn: int | None = None,
 ) -> torch.Tensor:
-    """Sum over classes of :func:`class_gradient_distance` between ``batch_real`` real images of the
-    class drawn by ``sampler`` and the synthetic images of the class (with ``max_syn``, at most that
-    many of them, drawn at random); the sampler takes one step under ``network`` first."""
-    params = matched_parameters(network, layers)
+    """Sum over classes of :func:`class_gradient_distance` between real images of the class drawn by
+    ``sampler`` and the synthetic images of the class, as ``matching`` says; the sampler takes one
+    step under ``network`` first."""
+    real = sampler.real
+    params = matched_parameters(network, matching.layers)
     sampler.step(network)
     total = images.new_zeros(())
     for c in range(real.num_classes):
-        batch = sampler.class_batch(c, batch_real, generator)
+        batch = sampler.class_batch(c, matching.batch_real, generator)
         idx = batch.indices.to(real.images.device)
         of_class = torch.nonzero(labels == c).flatten()
-        if max_syn is not None:
-            keep = torch.randperm(len(of_class), generator=generator)[:max_syn]
+        if matching.max_syn is not None:
+            keep = torch.randperm(len(of_class), generator=generator)[: matching.max_syn]
             of_class = of_class[keep.to(of_class.device)]
         real_batch = (real.images[idx], real.labels[idx], batch.weights)
         syn_batch = (images[of_class], labels[of_class])
         total = total + class_gradient_distance(
-            network, params, real_batch, syn_batch, metric, augment, generator
+            network, params, real_batch, syn_batch, matching.metric, augment, generator
         )
     return total

@@ -8,7 +8,7 @@ import torch
 
 from pdd_hub.augment import DEFAULT_STRATEGY
 from pdd_hub.data import Preprocess, RealData
-from pdd_hub.hub import build_schedule, export_pdd
+from pdd_hub.hub import StageFacts, build_schedule, export_pdd
 from pdd_hub.train import TrainingRecipe
 
 
@@ -29,17 +29,9 @@ def export_selection(
     for idx in stage_indices:
         chosen = real.train.subset(idx)
         stages.append((preprocess(chosen.images), chosen.labels))
+    facts = [StageFacts(len(idx) // real.num_classes, recipe.sgd.lr) for idx in stage_indices]
     schedule = build_schedule(
-        ipcs=[len(idx) // real.num_classes for idx in stage_indices],
-        lrs=[recipe.sgd.lr] * len(stage_indices),
-        recipe=recipe,
-        class_names=real.class_names,
-        image_shape=real.image_shape,
-        preprocess=preprocess,
-        source=real.source.to_dict(),
-        method=method,
-        distill_model="none",
-        config=config or {},
+        facts, recipe, real, preprocess, method=method, distill_model="none", config=config or {}
     )
     return export_pdd(
         folder, schedule, stages, preprocess, title=f"{Path(real.source.dataset).name}: {method} real images"
