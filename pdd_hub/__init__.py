@@ -21,6 +21,7 @@ from pdd_hub.hub import (
 from pdd_hub.loop import TrainingPhase, iterate_schedule
 from pdd_hub.progressive import run_pdd
 from pdd_hub.publish import PushOptions
+from pdd_hub.schedule import SGDRecipe
 from pdd_hub.train import plan_stages, train_stages
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "Preprocess",
     "PushOptions",
     "RealData",
+    "SGDRecipe",
     "Schedule",
     "StageSpec",
     "TrainingPhase",
