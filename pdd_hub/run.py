@@ -236,10 +236,8 @@ class Run:
             check_model_builds(cfg.model, self.num_classes, self.image_shape)
         except ModelNotFoundError as exc:
             raise ConfigError(f"config key 'model': {exc}") from exc
-        check_data = getattr(section, "check_data", None)  # e.g. IDC: the factor divides the image size
-        if check_data is not None:
-            check_data(self.image_shape)
-        expansion = getattr(section, "expansion", 1)
+        section.check_data(self.image_shape)  # e.g. IDC: the factor divides the image size
+        expansion = section.expansion
         needed, fewest = cfg.ipc_per_stage * expansion, self.fewest_per_class()
         if needed > fewest:
             what = (
