@@ -95,7 +95,7 @@ def test_the_transition_starts_stage_2_from_networks_trained_on_stage_1(finished
     start_1 = load_file(str(out / "start_states" / "stage_1.safetensors"))["states"]
     start_2 = load_file(str(out / "start_states" / "stage_2.safetensors"))["states"]
     pdd = load_pdd(out / "dataset")
-    run = progressive.Run(config, Accelerator(cpu=True))
+    run = progressive.prepare_data(progressive.RunFolder.claim(config, Accelerator(cpu=True)))
 
     def trained_on(stage: int, i: int) -> torch.Tensor:
         model = build_network(config.model, 10, (1, 8, 8))
