@@ -572,7 +572,7 @@ def write_torchvision_cifar10(folder: Path, train, test) -> None:
 def make_run(args: argparse.Namespace, sizes: Sizes, config: str, *overrides: str):
     """A pdd-hub run of ``config`` on ``--data`` (its data on the device), in a fresh folder."""
     from pdd_hub.config import parse_recipe_args
-    from pdd_hub.run import Run
+    from pdd_hub.run import RunFolder, prepare_data
     from pdd_hub.runtime import make_accelerator
 
     folder = Path(tempfile.mkdtemp(dir=args.work))
@@ -584,7 +584,7 @@ def make_run(args: argparse.Namespace, sizes: Sizes, config: str, *overrides: st
     shared = Path(args.work) / f"preprocess_{key}"
     if shared.exists():
         shutil.copytree(shared, folder, dirs_exist_ok=True)
-    run = Run(parse_recipe_args(argv), make_accelerator())
+    run = prepare_data(RunFolder.claim(parse_recipe_args(argv), make_accelerator()))
     if not shared.exists():
         shared.mkdir()
         for path in run.layout.preprocess_files:
@@ -794,7 +794,7 @@ def instrument(clock: PhaseClock) -> None:
     """Time the pipeline's phases by wrapping the functions ``run_pdd`` calls (this child only)."""
     from pdd_hub import progressive
 
-    progressive.Run = clock.wrap(progressive.Run, lambda *a, **k: "setup")
+    progressive.prepare_data = clock.wrap(progressive.prepare_data, lambda *a, **k: "setup")
     progressive.distil_one_stage = clock.wrap(
         progressive.distil_one_stage, lambda run, distiller, stage, *a, **k: f"stage {stage}"
     )

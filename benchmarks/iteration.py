@@ -26,7 +26,7 @@ from pdd_hub.config import PDDConfig, flatten_config, parse_recipe_args
 from pdd_hub.distill import Union
 from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.progressive import stage_context
-from pdd_hub.run import Run
+from pdd_hub.run import RunData, RunFolder, prepare_data
 from pdd_hub.runtime import configure_threads, make_accelerator
 
 
@@ -38,12 +38,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_recipe_args([*rest, f"output_dir={tmp}/run", "progress=false"])
         threads = configure_threads(config.num_threads)
-        run = Run(config, make_accelerator())
+        run = prepare_data(RunFolder.claim(config, make_accelerator()))
         result = measure(config, run, args.stage, args.iterations)
     print(json.dumps({"threads": threads, **result}))
 
 
-def measure(config: PDDConfig, run: Run, stage: int, iterations: int, warmups: int = 2) -> dict:
+def measure(config: PDDConfig, run: RunData, stage: int, iterations: int, warmups: int = 2) -> dict:
     """Seconds per iteration (median of ``iterations`` after ``warmups``) and peak memory of
     ``config``'s method on ``run``'s data, the union mimicking stage ``stage``. ``config`` may differ
     from ``run.config`` in its method section (precision, memory mode), so one run's data serves
@@ -89,7 +89,7 @@ def reset_peak_memory(device: torch.device) -> int:
 
 
 def time_iterations(
-    distiller: Distiller, run: Run, stage: int, iterations: int, warmups: int = 2
+    distiller: Distiller, run: RunData, stage: int, iterations: int, warmups: int = 2
 ) -> tuple[list[float], dict]:
     """Seconds of each timed iteration (after ``warmups`` untimed ones) and the peak memory over them."""
     device = run.device

@@ -212,7 +212,7 @@ def citations(schedule: Schedule) -> list[str]:
     if own is None and is_distilled(schedule):  # a method from another package may carry its own
         from pdd_hub.registry import METHODS
 
-        own = getattr(METHODS.get(schedule.method).cls, "citation", None)
+        own = METHODS.get(schedule.method).cls.citation
     return [CITATIONS["pdd"], *([own] if own else [])]
 
 

@@ -197,25 +197,18 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _pairs(items: list[str] | None, what: str) -> dict:
-    import yaml
+    from pdd_hub.config import parse_key_values
 
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise PDDError(f"{what} {item!r} is not of the form key=value")
-        out[key] = yaml.safe_load(value)
-    return out
+    return dict(parse_key_values(items or [], what))
 
 
 def _select(args: argparse.Namespace) -> int:
-    from pdd_hub.config import ScoringConfig, _build, _check_rules
+    from pdd_hub.config import ScoringConfig, build_section
     from pdd_hub.selection.select import build_selector
 
     _check_options(args, SELECT_OPTIONS)
     build_selector(args.method, _pairs(args.param, "--param"))  # its settings, checked before any work
-    scoring = _build(ScoringConfig, _pairs(args.scoring, "--scoring"), prefix="scoring.")
-    _check_rules(scoring, prefix="scoring.")
+    scoring = build_section(ScoringConfig, _pairs(args.scoring, "--scoring"), "scoring")
     with output_lock(args.output):  # one writer of the export at a time, and it can be written
         check_writable(Path(args.output).parent)
         return _select_and_export(args, scoring)

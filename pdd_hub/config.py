@@ -17,14 +17,18 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pdd_hub.augment import build_augment
+from pdd_hub.configs import shipped_config
 from pdd_hub.errors import ConfigError, UnknownNameError
+from pdd_hub.models import check_model_name
+from pdd_hub.registry import METHODS, SELECTIONS, Entry
 from pdd_hub.schedule import CONSTANT_LR, SGDRecipe
 from pdd_hub.tracking import TRACKERS, check_tracker
 from pdd_hub.validate import config_number_rule
@@ -232,14 +236,45 @@ class PDDConfig:
         return out
 
 
-def method_entry(name: str):
-    """The registry entry of base method ``name`` (a :class:`ConfigError` naming the key if unknown)."""
-    from pdd_hub.registry import METHODS
+@dataclass
+class MethodConfig:
+    """The base of every base method's config section (``dm:``, ``idc:``, ...): subclass it as a
+    dataclass and register the method with it (``@register_method("dm", DMConfig)``).
 
+    The run calls these hooks on every method's section; the defaults here are what a method without
+    multi-formation or cross-key rules needs, so a method overrides only the ones it has. Rules of a
+    single key belong beside the field instead (:func:`positive`, :func:`one_of`, ...)."""
+
+    @property
+    def expansion(self) -> int:
+        """Images one stored image decodes into (IDC's multi-formation: ``factor**2``): a stage starts
+        from ``ipc_per_stage * expansion`` real images of every class."""
+        return 1
+
+    def check(self, run: PDDConfig) -> None:
+        """Rules across keys, of this section or against the whole ``run`` config (e.g. MTT: its
+        trajectories fit in ``experts.epochs``), checked with the config before any work; raises
+        :class:`ConfigError` naming the keys. The field rules have passed when it is called."""
+
+    def check_data(self, image_shape: tuple[int, int, int]) -> None:
+        """Rules against the data, checked once the dataset is loaded and before any work (e.g. IDC:
+        ``factor`` divides the image size); raises :class:`ConfigError` naming the key."""
+
+
+def method_entry(name: str) -> Entry[Any]:
+    """The registry entry of base method ``name`` (a :class:`ConfigError` naming the key if unknown)."""
     try:
-        return METHODS.get(name)
+        entry = METHODS.get(name)
     except UnknownNameError as exc:
         raise ConfigError(f"config key 'method': {exc}") from exc
+    config_cls = entry.config_cls
+    if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
+        # the run calls the section's hooks without asking whether it has them
+        raise TypeError(
+            f"method {name!r} is registered with the config {config_cls!r}; a method's config must be a "
+            "dataclass subclassing pdd_hub.config.MethodConfig"
+        )
+    return entry
 
 
 INIT_WITHOUT_SELECTION = {"noise": None, "real": "random"}  # init -> the selection method it uses
@@ -252,8 +287,6 @@ def init_selection(init: str) -> str | None:
 
 def init_config_cls(init: str) -> Callable[[], Any]:
     """The config dataclass of the selection method ``init`` names (a no-op for none)."""
-    from pdd_hub.registry import SELECTIONS
-
     selection = init_selection(init)
     if selection is None:
         return lambda: None
@@ -292,12 +325,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    for item in overrides or []:
+    for key, value in parse_key_values(overrides or []):
+        _set_dotted(data, key, value)
+    return config_from_dict(data)
+
+
+def parse_key_values(items: Iterable[str], what: str = "override") -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]``: each value read as YAML (an empty one is
+    ``None``), in order; an item without ``=`` or key raises :class:`ConfigError` naming ``what``."""
+    pairs = []
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    return config_from_dict(data)
+            raise ConfigError(f"{what} {item!r} is not of the form key=value")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return pairs
+
+
+def build_section(cls: type, data: dict[str, Any], name: str) -> Any:
+    """The config dataclass ``cls`` from a mapping, every value coerced and checked against its field's
+    rule, as a config's section ``name`` is (errors name ``<name>.<key>``): for settings given
+    outside a run config, such as ``pdd-hub select --scoring`` or a selection method's ``--param``."""
+    section = _build(cls, data, prefix=f"{name}.")
+    _check_rules(section, prefix=f"{name}.")
+    return section
 
 
 def config_from_dict(data: dict[str, Any]) -> PDDConfig:
@@ -313,8 +364,6 @@ def config_from_dict(data: dict[str, Any]) -> PDDConfig:
 
 def _method_section(data: dict[str, Any]) -> Any:
     """Pop and build the section of the method ``data`` names; a section of another method fails."""
-    from pdd_hub.registry import METHODS
-
     method = data.get("method", PDDConfig.method)
     if not isinstance(method, str):
         raise ConfigError(f"config key 'method' must be a method name, got {method!r}")
@@ -330,8 +379,6 @@ def _method_section(data: dict[str, Any]) -> Any:
 
 def _init_section(data: dict[str, Any]) -> Any:
     """Pop and build the section of the selection method ``init`` names (``None`` if it has none)."""
-    from pdd_hub.registry import SELECTIONS
-
     init = data.get("init", PDDConfig.init)
     if not isinstance(init, str):
         raise ConfigError(f"config key 'init' must be noise, real or a selection method, got {init!r}")
@@ -373,8 +420,6 @@ def parse_recipe_args(argv: list[str]) -> PDDConfig:
 
 def resolve_config(name_or_path: str | Path) -> Path:
     """A config file path as given, else the shipped config of that name (``quickstart_dm``)."""
-    from pdd_hub.configs import shipped_config
-
     path = Path(name_or_path)
     if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         return path
@@ -383,8 +428,6 @@ def resolve_config(name_or_path: str | Path) -> Path:
 
 def usage() -> str:
     """The recipes' ``--help``: every key with its default, the method sections included."""
-    from pdd_hub.registry import METHODS
-
     lines = [
         "usage: pdd-hub distill --config NAME_OR_FILE [key=value ...]",
         "       accelerate launch recipes/pdd_mtt.py --config FILE [key=value ...]",
@@ -435,8 +478,6 @@ def _build(cls: type, data: dict[str, Any], prefix: str, fixed: dict[str, Any] |
         key = unknown[0]
         candidates = list(fields)
         if cls is PDDConfig:
-            from pdd_hub.registry import METHODS, SELECTIONS
-
             candidates += METHODS.names() + SELECTIONS.names()
         close = difflib.get_close_matches(str(key), candidates, n=1)
         hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {sorted(fields)}"
@@ -486,18 +527,14 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
 
 # --- validation ------------------------------------------------------------------------------------
 def validate(config: PDDConfig) -> None:
-    """Every field's rule, each section's own ``check(run_config)``, then the model and tracker."""
+    """Every field's rule, the method section's rules across keys (:meth:`MethodConfig.check`), then
+    the model and tracker."""
     _check_rules(config, prefix="")
-    _check_rules(config.method_config, prefix=f"{config.method}.")
+    method_config: MethodConfig = config.method_config
+    _check_rules(method_config, prefix=f"{config.method}.")
     if config.init_config is not None:
         _check_rules(config.init_config, prefix=f"{config.init}.")
-    sections = (config.method_config, config.init_config, config.experts, config.transition, config.eval)
-    for section in (*sections, config.forgetting, config.scoring, config.importance):
-        check = getattr(section, "check", None)
-        if check is not None:
-            check(config)
-    from pdd_hub.models import check_model_name
-
+    method_config.check(config)
     try:
         check_model_name(config.model)
     except ValueError as exc:
@@ -523,8 +560,6 @@ def _check_rules(section: Any, prefix: str) -> None:
 
 
 def _check_augment(key: str, value: str) -> None:
-    from pdd_hub.augment import build_augment
-
     try:
         build_augment(value)
     except ValueError as exc:

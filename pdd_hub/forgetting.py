@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from pdd_hub.errors import DatasetFormatError
-from pdd_hub.run import Run
+from pdd_hub.run import RunData
 
 logger = logging.getLogger(__name__)
 SCORES_FILE = "forgetting_scores.parquet"
 
 
-def stage_pool(run: Run, stage: int, needed_per_class: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def stage_pool(run: RunData, stage: int, needed_per_class: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """Indices (into the run's training set) of the examples stage ``stage`` learns from, and what
     they are (written into the stage's record and ``pdd_schedule.json``). A class with fewer than
     ``needed_per_class`` examples in the band learns from all its examples in this stage."""
@@ -76,7 +76,7 @@ def stage_pool(run: Run, stage: int, needed_per_class: int) -> tuple[torch.Tenso
     return pool, info
 
 
-def save_scores(run: Run, scores: torch.Tensor) -> Path:
+def save_scores(run: RunData, scores: torch.Tensor) -> Path:
     """``<output_dir>/forgetting_scores.parquet``: each training example's row in the source's train
     split, label and forgetting score (written once, by the main process)."""
     import datasets

@@ -8,8 +8,10 @@ For stage k = 1..P:
   4. the stage is saved and the dataset re-exported, so stages 1..k are usable from now on;
   5. transition: every start state is trained on stages 1..k with the method's training recipe,
      giving the start states of stage k+1.
-Finished stages are never recomputed; an interrupted stage resumes from its checkpoint. Nothing
-here knows which base method runs: it is looked up by name (:mod:`pdd_hub.methods`).
+Before stage 1 the run folder is claimed (cheap: lock and config check, so a busy or mismatched
+folder stops at once) and only then is the data prepared (:mod:`pdd_hub.run`). Finished stages are
+never recomputed; an interrupted stage resumes from its checkpoint. Nothing here knows which base
+method runs: it is looked up by name (:mod:`pdd_hub.methods`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pdd_hub.methods.base import StageContext
 from pdd_hub.params import flat_params, network_from
 from pdd_hub.registry import SELECTIONS
 from pdd_hub.rng import stream
-from pdd_hub.run import FinishedStage, Run
+from pdd_hub.run import FinishedStage, RunData, RunFolder, prepare_data
 from pdd_hub.runtime import make_accelerator
 from pdd_hub.selection import selection_indices
 from pdd_hub.tracking import log_stage
@@ -46,7 +48,8 @@ def run_pdd(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
     """Distil ``config.dataset`` into ``config.num_stages`` conditioned stages; returns the export."""
     accelerator = accelerator or make_accelerator()
     set_seed(config.seed)
-    run = Run(config, accelerator)
+    folder = RunFolder.claim(config, accelerator)  # a locked or mismatched folder stops before any data loads
+    run = prepare_data(folder)
     distiller = build_distiller(config, run.num_classes, run.image_shape)
     recipe = distiller.training_recipe()
     if config.tracker != "none":
@@ -55,7 +58,7 @@ def run_pdd(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
     finished: list[FinishedStage] = []
     start_states, start_stage = run.initial_start_states(distiller.num_start_states), 1
     for stage in range(1, config.num_stages + 1):
-        done = run.load_finished(stage)
+        done = folder.load_finished(stage)
         if done is not None:
             stored, labels, record = done
             info = {k: record[k] for k in ("pool", "init_indices", "distillation") if k in record}
@@ -70,12 +73,12 @@ def run_pdd(config: PDDConfig, accelerator: Accelerator | None = None) -> Path:
             )
     if config.tracker != "none":
         accelerator.end_training()
-    logger.info("done: %s", run.dataset_dir)
-    return run.dataset_dir
+    logger.info("done: %s", folder.dataset_dir)
+    return folder.dataset_dir
 
 
 def distil_one_stage(
-    run: Run,
+    run: RunData,
     distiller: Distiller,
     stage: int,
     start_states: torch.Tensor,
@@ -106,7 +109,7 @@ def distil_one_stage(
         frozen=union_of(finished),
         new=(new_images, new_labels),
         evaluate=functools.partial(validation_accuracy, run, distiller, stage, start_states),
-        checkpoint=run.checkpoint,
+        checkpoint=run.folder.checkpoint,
         log_metrics=lambda values, step: run.accelerator.log(values, step=step),
     )
     lr = result.lr if result.lr is not None else recipe.sgd.lr
@@ -115,7 +118,7 @@ def distil_one_stage(
     done = decoded(distiller, result.images.cpu(), result.labels.cpu(), lr, result.val_acc, info)
     run.save_finished(stage, done, result.history)
     log_stage(run.accelerator, stage, run.layout.grid_file(stage), done.val_acc, lr)
-    run.checkpoint.clear()
+    run.folder.checkpoint.clear()
     logger.info("stage %d finished: val acc %.4f, lr %.4g", stage, done.val_acc, lr)
     return done
 
@@ -125,17 +128,18 @@ def prepare_first_stage(config: PDDConfig, accelerator: Accelerator | None = Non
     processes first (``recipes/experts.py``); returns the run folder."""
     accelerator = accelerator or make_accelerator()
     set_seed(config.seed)
-    run = Run(config, accelerator)
+    folder = RunFolder.claim(config, accelerator)
+    run = prepare_data(folder)
     distiller = build_distiller(config, run.num_classes, run.image_shape)
     start_states = run.initial_start_states(distiller.num_start_states)
     pool, _ = stage_pool(run, 1, config.ipc_per_stage * distiller.expansion)
     distiller.begin_stage(stage_context(run, 1, start_states, 1, pool))
-    return run.dir
+    return folder.dir
 
 
 # --- the pieces of a stage ------------------------------------------------------------------------
 def stage_context(
-    run: Run, stage: int, start_states: torch.Tensor, start_stage: int, pool: torch.Tensor
+    run: RunData, stage: int, start_states: torch.Tensor, start_stage: int, pool: torch.Tensor
 ) -> StageContext:
     cfg = run.config
     return StageContext(
@@ -153,7 +157,7 @@ def stage_context(
         seed=cfg.seed,
         generator=stream(cfg.seed, "stage", stage, "process", run.accelerator.process_index, "loss"),
         preprocess=run.preprocess,
-        batch_networks=run.batch_networks,
+        batch_networks=run.folder.batch_networks,
         precision=cfg.precision,
         compile=cfg.compile,
         real_sampling=cfg.real_sampling,
@@ -163,7 +167,7 @@ def stage_context(
 
 
 def initial_images(
-    run: Run, distiller: Distiller, stage: int, pool: torch.Tensor, used: torch.Tensor
+    run: RunData, distiller: Distiller, stage: int, pool: torch.Tensor, used: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """``ipc_per_stage`` new stored images per class: noise, or the method's encoding of real images
     (``expansion`` per stored image) chosen from the stage's pool by the selection method ``init``
@@ -222,7 +226,7 @@ def union_of(finished: list[FinishedStage]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def validation_accuracy(
-    run: Run,
+    run: RunData,
     distiller: Distiller,
     stage: int,
     start_states: torch.Tensor,
@@ -252,7 +256,11 @@ def validation_accuracy(
 
 
 def transition(
-    run: Run, distiller: Distiller, next_stage: int, start_states: torch.Tensor, finished: list[FinishedStage]
+    run: RunData,
+    distiller: Distiller,
+    next_stage: int,
+    start_states: torch.Tensor,
+    finished: list[FinishedStage],
 ) -> torch.Tensor:
     """Train each start state on stages 1..k (their union, with stage k's LR and the method's recipe)
     so that stage k+1 starts where training on the distilled data so far ends. Resumable: each
@@ -268,7 +276,7 @@ def transition(
 
 
 def retrained_pool(
-    run: Run, distiller: Distiller, stage: int, finished: list[FinishedStage], refresh: int
+    run: RunData, distiller: Distiller, stage: int, finished: list[FinishedStage], refresh: int
 ) -> torch.Tensor:
     """The ``refresh``-th pool of the ``retrained`` loss-network source of ``stage``: fresh random
     networks trained on stages 1..k-1 as the export's schedule trains (stage_1, then stage_1..2, ...,
@@ -287,7 +295,7 @@ def retrained_pool(
 
 
 def train_and_keep(
-    run: Run,
+    run: RunData,
     recipe: TrainingRecipe,
     plans: list[StagePlan],
     states: torch.Tensor,
@@ -297,13 +305,13 @@ def train_and_keep(
     """``states`` trained through ``plans`` (network i drawing from stream ``names[i]``), split over the
     processes and stacked into ``path``; each network is kept as soon as it is trained, so an
     interrupted call resumes. Returns them from ``path`` if it is there."""
-    if run.exists_on_all(path):
+    if run.folder.exists_on_all(path):
         return load_tensors(path, ("states",))["states"]
     parts = path.with_suffix(".parts")
     count, acc = len(states), run.accelerator
     mine = list(range(acc.process_index, count, acc.num_processes))
     todo = [i for i in mine if not (parts / f"{i:04d}.safetensors").exists()]
-    chunk = max(1, len(todo)) if run.batch_networks else 1  # one at a time: each is kept when done
+    chunk = max(1, len(todo)) if run.folder.batch_networks else 1  # one at a time: each is kept when done
     for first in range(0, len(todo), chunk):
         group = todo[first : first + chunk]
         trained: list[torch.Tensor] = []
@@ -324,7 +332,7 @@ def train_and_keep(
 
 
 def train_networks(
-    run: Run,
+    run: RunData,
     recipe: TrainingRecipe,
     plans: list[StagePlan],
     states: list[torch.Tensor],
@@ -341,7 +349,7 @@ def train_networks(
         network_from(cfg.model, run.num_classes, run.image_shape, state.to(run.device)) for state in states
     ]
     # quietly: validation and transition networks are many short trainings, each under the stage's bar
-    runtime = replace(run.runtime, progress=False)
+    runtime = replace(run.folder.runtime, progress=False)
     accuracies = train_many(
         models, plans, generators=generators, augmentation=recipe.augmentation(), runtime=runtime, test=test
     )

@@ -5,7 +5,8 @@
 
 A registry imports its package on first use (whose ``__init__`` imports every module in it), and the
 ``pdd_hub.<kind>`` entry points of installed distributions, so a new method is one new file, here or
-in another package, and nothing else is edited.
+in another package, and nothing else is edited. This module imports nothing of pdd-hub's but its
+errors: :mod:`pdd_hub.config` imports it, never the other way round.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -89,8 +91,6 @@ class Registry(Generic[T]):
 
 def import_submodules(package_name: str, package_path: list[str]) -> None:
     """Import every module of a package (what makes its ``@register`` decorators run)."""
-    import pkgutil
-
     for module in pkgutil.iter_modules(package_path):
         importlib.import_module(f"{package_name}.{module.name}")
 

@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests never touch the network: HF_HUB_OFFLINE=1 unless a test runs the fake Hub."""
+"""Shared fixtures. Tests never touch the network: HF_HUB_OFFLINE=1; Hub calls go to tests/fake_hub.py."""
 
 from __future__ import annotations
 

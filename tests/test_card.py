@@ -1,24 +1,22 @@
 """The dataset card and the push: every Hub metadata field, parsed back by huggingface_hub's own card
-classes; branches, pull requests, tags, commit messages, dry runs and results, through the real
-huggingface_hub client against the local fake Hub."""
+classes; branches, pull requests, tags, commit messages, dry runs and results, as the huggingface_hub
+calls pdd-hub makes (tests/fake_hub.py) receive them."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import DatasetCard, DatasetCardData, constants
+from huggingface_hub import DatasetCard, DatasetCardData
 
+from pdd_hub.cli import main
 from pdd_hub.errors import HubPushError, ResultsFormatError
 from pdd_hub.evaluate import EvalReport
 from pdd_hub.evidence import measured_gain
 from pdd_hub.hub import export_pdd, load_pdd, push_to_hub, read_schedule
 from pdd_hub.publish import PushOptions
-from tests.fake_hub import FAKE_TOKEN
+from tests.fake_hub import ENDPOINT, TOKEN, WRITES
 from tests.fake_hub import fake_hub as fake_hub_fixture
 from tests.helpers import write_image_folder
 from tests.test_hub import make_export
@@ -30,7 +28,7 @@ PLACEHOLDERS = ("REPO_ID", "{{", "}}", "TODO", "More Information Needed", "githu
 
 def push(folder: Path, hub, **options) -> str:
     options.setdefault("license", "cc-by-4.0")
-    return push_to_hub(folder, REPO, endpoint=hub.url, token=FAKE_TOKEN, options=PushOptions(**options))
+    return push_to_hub(folder, REPO, endpoint=ENDPOINT, token=TOKEN, options=PushOptions(**options))
 
 
 def pushed_card(hub, revision: str = "main") -> DatasetCard:
@@ -83,7 +81,7 @@ def test_pushed_card_has_every_hub_field_and_no_placeholder(tmp_path, fake_hub):
     assert not [p for p in PLACEHOLDERS if p in str(card)]
     assert str(tmp_path) not in str(card)
     # and datasets reads the pushed repo, dataset_info included, union split and all
-    pdd = load_pdd(REPO, endpoint=fake_hub.url, token=FAKE_TOKEN)
+    pdd = load_pdd(REPO, endpoint=ENDPOINT, token=TOKEN)
     assert pdd.num_stages == 3
 
 
@@ -96,9 +94,17 @@ def test_license_is_inherited_from_the_source_else_required(tmp_path, fake_hub):
     assert DatasetCard.load(tmp_path / "b" / "README.md").data.license == "mit"
     push(tmp_path / "b", fake_hub, license=None)
     assert pushed_card(fake_hub).data.license == "mit"
+    # a Hub source dataset: its card is asked of the Hub
+    schedule.source = {"dataset": "org/source"}
+    export_pdd(tmp_path / "c", schedule, stages, pre)
+    fake_hub.commit("org/source", "main", "card", {"README.md": b"---\nlicense: apache-2.0\n---\n"})
+    push(tmp_path / "c", fake_hub, license=None)
+    assert pushed_card(fake_hub).data.license == "apache-2.0"
+    assert fake_hub.last("hf_hub_download")["repo_id"] == "org/source"
+    sent = len(fake_hub.calls)
     with pytest.raises(HubPushError, match="license of .* is not known: its source dataset 'toy'.*--license"):
         push(tmp_path / "a", fake_hub, license=None)
-    assert fake_hub.commits(REPO)[0].title.startswith("pdd-hub export")  # the refused push sent nothing
+    assert not WRITES & set(fake_hub.names()[sent:])  # the refused push sent nothing
 
 
 def test_revision_creates_the_branch_and_tag_and_message_are_kept(tmp_path, fake_hub):
@@ -111,31 +117,31 @@ def test_revision_creates_the_branch_and_tag_and_message_are_kept(tmp_path, fake
         tag="v1.0",
         private=True,
     )
-    assert fake_hub.is_private(REPO)
-    head = fake_hub.branches(REPO)["distilled-v1"]
-    assert head in url and fake_hub.tags(REPO) == {"v1.0": head}
-    assert fake_hub.commits(REPO, revision="distilled-v1")[0].title == "first stages"
+    refs = fake_hub.refs[REPO]
+    head = refs["distilled-v1"]
+    assert fake_hub.private[REPO] is True and head.message == "first stages"
+    assert head.oid in url and refs["v1.0"] is head
+    assert fake_hub.last("create_tag")["tag_message"] == "first stages"
+    assert fake_hub.last("upload_folder")["revision"] == "distilled-v1"
     assert "pdd_schedule.json" not in fake_hub.files(REPO)  # main untouched
-    assert load_pdd(REPO, revision="v1.0", endpoint=fake_hub.url, token=FAKE_TOKEN).num_stages == 3
+    assert load_pdd(REPO, revision="v1.0", endpoint=ENDPOINT, token=TOKEN).num_stages == 3
     make_export(tmp_path / "e2", seed=1)
     push(tmp_path / "e2", fake_hub, revision="distilled-v1", commit_message="again")  # the branch exists
-    assert fake_hub.commits(REPO, revision="distilled-v1")[0].title == "again"
+    assert refs["distilled-v1"].message == "again" and refs["v1.0"] is head
 
 
-@pytest.mark.parametrize("xet", [True, False], ids=["pipeline", "legacy-commit"])
-def test_create_pr_opens_a_pull_request_and_leaves_main_alone(tmp_path, fake_hub, monkeypatch, xet):
-    # both of huggingface_hub's upload_folder implementations open the PR their own way
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", not xet)
+def test_create_pr_opens_a_pull_request_and_leaves_main_alone(tmp_path, fake_hub):
     make_export(tmp_path / "e")
     push(tmp_path / "e", fake_hub)
     before = fake_hub.files(REPO)
     make_export(tmp_path / "e2", num_stages=2, seed=1)
     url = push(tmp_path / "e2", fake_hub, create_pr=True, commit_message="two stages instead")
-    assert url.endswith("/discussions/1")
+    assert url == f"{ENDPOINT}/datasets/{REPO}/discussions/1"
+    assert fake_hub.last("upload_folder")["create_pr"] and fake_hub.last("upload_folder")["revision"] is None
     assert fake_hub.files(REPO) == before
     proposed = fake_hub.files(REPO, revision="refs/pr/1")
     assert "data/stage_3-00000-of-00001.parquet" not in proposed
-    assert fake_hub.commits(REPO, revision="refs/pr/1")[0].title == "two stages instead"
+    assert fake_hub.refs[REPO]["refs/pr/1"].message == "two stages instead"
 
 
 def test_options_the_hub_cannot_combine_fail_before_any_request(tmp_path, fake_hub):
@@ -144,7 +150,7 @@ def test_options_the_hub_cannot_combine_fail_before_any_request(tmp_path, fake_h
         push(tmp_path / "e", fake_hub, create_pr=True, revision="dev")
     with pytest.raises(HubPushError, match="--tag .* cannot go with --create-pr"):
         push(tmp_path / "e", fake_hub, create_pr=True, tag="v1")
-    assert not fake_hub.requests
+    assert not fake_hub.calls
 
 
 def test_dry_run_lists_what_would_be_uploaded_and_sends_nothing(tmp_path, fake_hub):
@@ -153,7 +159,7 @@ def test_dry_run_lists_what_would_be_uploaded_and_sends_nothing(tmp_path, fake_h
     for name in ("README.md", "pdd_schedule.json", "preprocess.safetensors", "images/stage_2.png"):
         assert name in listing
     assert "data/stage_3-00000-of-00001.parquet" in listing and "license cc-by-4.0" in listing
-    assert not fake_hub.repo_exists(REPO)
+    assert not fake_hub.refs and not (WRITES | {"whoami"}) & set(fake_hub.names())  # no token needed
 
 
 def test_results_add_rows_to_the_card_and_files_to_the_repo(tmp_path, fake_hub):
@@ -173,6 +179,8 @@ def test_results_add_rows_to_the_card_and_files_to_the_repo(tmp_path, fake_hub):
     stored = sorted(p for p in fake_hub.files(REPO) if p.startswith("results/"))
     assert len(stored) == 2
     assert json.loads(fake_hub.files(REPO)[stored[0]]) in (first.to_dict(), second.to_dict())
+    push(tmp_path / "e", fake_hub, revision="dev")  # a new branch starts from main's results
+    assert "| resnet10_cifar_bn |" in pushed_card(fake_hub, revision="dev").text
 
 
 def test_results_of_another_export_or_broken_files_are_refused(tmp_path, fake_hub):
@@ -184,45 +192,40 @@ def test_results_of_another_export_or_broken_files_are_refused(tmp_path, fake_hu
     (tmp_path / "bad.json").write_text('{"real": "x"}')
     with pytest.raises(ResultsFormatError, match="bad.json lacks .*'mode'"):
         push(tmp_path / "e", fake_hub, results=[tmp_path / "bad.json"])
-    assert not fake_hub.repo_exists(REPO)
+    assert not WRITES & set(fake_hub.names())
 
 
-def test_cli_push_options_and_errors(tmp_path, fake_hub):
+def test_cli_push_options_and_errors(tmp_path, fake_hub, monkeypatch, capsys):
     make_export(tmp_path / "e")
-    env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0"}
-    env["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "pdd_hub.cli", "push", str(tmp_path / "e"), REPO, *args]
-        return subprocess.run(command, capture_output=True, text=True, env=env)
+    def cli(*args: str) -> tuple[int, pytest.CaptureResult]:
+        return main(["push", str(tmp_path / "e"), REPO, *args]), capsys.readouterr()
 
-    refused = cli()
-    assert refused.returncode == 2 and "--license" in refused.stderr and "Traceback" not in refused.stderr
-    dry = cli("--license", "mit", "--dry-run")
-    assert dry.returncode == 0 and "data/stage_1-00000-of-00001.parquet" in dry.stdout
-    assert not fake_hub.repo_exists(REPO)
-    done = cli("--license", "mit", "--revision", "dev", "--tag", "v0.1", "--commit-message", "hello")
-    assert done.returncode == 0, done.stderr
-    assert "tagged v0.1" in done.stdout and fake_hub.tags(REPO)["v0.1"] == fake_hub.branches(REPO)["dev"]
-
-
-def test_eval_logs_to_tensorboard_and_pushes_its_results_to_the_card(tmp_path, fake_hub):
-    env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "0"}
-    env["HF_HUB_DISABLE_TELEMETRY"] = "1"
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "pdd_hub.cli", *args]
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-
-    export = tmp_path / "digits-random"
-    made = cli(
-        "select", "--real", "sklearn:digits", "--num-stages", "2", "--ipc", "1", "--output", f"{export}"
+    code, out = cli()
+    assert code == 2 and "--license" in out.err
+    code, out = cli("--license", "mit", "--dry-run")
+    assert code == 0 and "data/stage_1-00000-of-00001.parquet" in out.out
+    assert not WRITES & set(fake_hub.names())
+    code, out = cli(
+        "--license", "mit", "--revision", "dev", "--tag", "v0.1", "--commit-message", "hi", "--private"
     )
-    assert made.returncode == 0, made.stderr
+    assert code == 0 and "tagged v0.1" in out.out
+    refs = fake_hub.refs[REPO]
+    assert refs["v0.1"] is refs["dev"] and refs["dev"].message == "hi" and fake_hub.private[REPO] is True
+    code, out = cli("--license", "mit", "--create-pr")
+    assert code == 0 and f"pull request {ENDPOINT}/datasets/{REPO}/discussions/1" in out.out
+
+
+def test_eval_logs_to_tensorboard_and_pushes_its_results_to_the_card(tmp_path, fake_hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    export = tmp_path / "digits-random"
+    select = ["select", "--real", "sklearn:digits", "--num-stages", "2", "--ipc", "1", "--output"]
+    assert main([*select, str(export)]) == 0
     evaluation = [*("eval", str(export), "--real", "sklearn:digits", "--model", "convnet_d1", "--seeds", "1")]
-    evaluation += ["--epochs-per-stage", "2", "--output", str(tmp_path / "eval.json")]
-    done = cli(*evaluation, "--tracker", "tensorboard", "--push-to-hub", "org/digits", "--tag", "v1")
-    assert done.returncode == 0, done.stderr
+    evaluation += ["--epochs-per-stage", "2"]
+    done = [*evaluation, "--output", str(tmp_path / "eval.json"), "--tracker", "tensorboard"]
+    assert main([*done, "--push-to-hub", "org/digits", "--tag", "v1"]) == 0
     # the tracker: the accuracy after each phase, and the plot
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -243,7 +246,9 @@ def test_eval_logs_to_tensorboard_and_pushes_its_results_to_the_card(tmp_path, f
     assert f"| convnet_d1 | 1 | {mean:.2f} ± 0.00 |" in card.text
     (stored,) = [p for p in fake_hub.files("org/digits") if p.startswith("results/")]
     assert json.loads(fake_hub.files("org/digits")[stored]) == report
-    assert "v1" in fake_hub.tags("org/digits")
-    # a bad push setting stops the evaluation before it trains anything
-    refused = cli(*evaluation, "--push-to-hub", "org/digits", "--create-pr", "--tag", "v2")
-    assert refused.returncode == 2 and "--tag" in refused.stderr and "test accuracy" not in refused.stderr
+    assert fake_hub.refs["org/digits"]["v1"] is fake_hub.refs["org/digits"]["main"]
+    # a bad push setting stops the evaluation before it trains anything (and writes no results)
+    capsys.readouterr()
+    refused = [*evaluation, "--output", str(tmp_path / "refused.json")]
+    assert main([*refused, "--push-to-hub", "org/digits", "--create-pr", "--tag", "v2"]) == 2
+    assert "--tag" in capsys.readouterr().err and not (tmp_path / "refused.json").exists()

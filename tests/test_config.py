@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pdd_hub.config import PDDConfig, load_config, parse_recipe_args
+from pdd_hub.config import (
+    PDDConfig,
+    ScoringConfig,
+    build_section,
+    load_config,
+    parse_key_values,
+    parse_recipe_args,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
 
@@ -84,6 +91,23 @@ def test_bad_keys_and_values_are_named(override, message):
     with pytest.raises(ValueError, match=None) as info:
         parse_recipe_args([override])
     assert message in str(info.value)
+
+
+def test_key_values_and_sections_outside_a_run_config():
+    assert parse_key_values(["a.b=1", "c=x", "d=", "a.b=[1, 2]"]) == [
+        ("a.b", 1),
+        ("c", "x"),
+        ("d", None),
+        ("a.b", [1, 2]),
+    ]
+    with pytest.raises(ValueError, match="--scoring 'epochs' is not of the form key=value"):
+        parse_key_values(["epochs"], "--scoring")
+    scoring = build_section(ScoringConfig, {"epochs": 3, "lr": "0.5"}, "scoring")
+    assert scoring == ScoringConfig(epochs=3, lr=0.5)
+    with pytest.raises(ValueError, match="config key 'scoring.epochs' must be positive"):
+        build_section(ScoringConfig, {"epochs": 0}, "scoring")
+    with pytest.raises(ValueError, match="unknown config key 'scoring.epoch'; did you mean 'scoring.epochs'"):
+        build_section(ScoringConfig, {"epoch": 3}, "scoring")
 
 
 def test_missing_config_file(tmp_path):

@@ -21,6 +21,8 @@ from pdd_hub.run import RunLayout
 class Quadratic(Distiller):
     """Pull the union towards a target; optionally return NaN at chosen calls; records its inputs."""
 
+    expansion = 1  # built without a method config section: one image per stored image
+
     def __init__(self, target: torch.Tensor, nan_at: tuple[int, ...] = ()):
         self.target, self.nan_at, self.calls, self.seen = target, nan_at, 0, []
         self.lr = torch.tensor(0.5, requires_grad=True)

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from pdd_hub.cli import main
 from pdd_hub.data import Preprocess
 from pdd_hub.errors import ExportFormatError, ExportNotFoundError, HubPushError
 from pdd_hub.hub import (
+    EXPORT_PATTERNS,
     SCHEDULE_FILE,
     Schedule,
     StageSpec,
@@ -25,7 +27,7 @@ from pdd_hub.hub import (
 )
 from pdd_hub.publish import PushOptions
 from pdd_hub.schedule import SGDRecipe
-from tests.fake_hub import FAKE_TOKEN
+from tests.fake_hub import ENDPOINT, TOKEN
 from tests.fake_hub import fake_hub as fake_hub_fixture
 from tests.helpers import random_stages
 
@@ -221,68 +223,76 @@ def test_incomplete_folder_and_missing_files(tmp_path):
         load_pdd(tmp_path / "nothing-here")
 
 
-# --- Hub: push and pull through the real huggingface_hub client, against a local fake Hub --------
+# --- Hub: push and pull through the huggingface_hub calls pdd-hub makes (tests/fake_hub.py) ----------
+PUSHED = [
+    "README.md",
+    *(f"data/stage_{k}-00000-of-00001.parquet" for k in (1, 2, 3)),
+    *(f"images/stage_{k}.png" for k in (1, 2, 3)),
+    SCHEDULE_FILE,
+    "preprocess.safetensors",
+]
+
+
 def test_push_then_load_from_repo_id(tmp_path, fake_hub):
     _, stages, _ = make_export(tmp_path / "e")
-    url = push_to_hub(tmp_path / "e", "org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
-    assert "org/toy-pdd" in url
-    files = fake_hub.files("org/toy-pdd")
-    assert {
-        "README.md",
-        SCHEDULE_FILE,
-        "preprocess.safetensors",
-        "data/stage_3-00000-of-00001.parquet",
-    } <= set(files)
-    assert fake_hub.seen_tokens == {FAKE_TOKEN}
-    pdd = load_pdd("org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN)
+    url = push_to_hub(tmp_path / "e", "org/toy-pdd", endpoint=ENDPOINT, token=TOKEN, options=MIT)
+    first = fake_hub.refs["org/toy-pdd"]["main"].oid
+    assert url == f"{ENDPOINT}/datasets/org/toy-pdd/commit/{first}"
+    assert sorted(fake_hub.files("org/toy-pdd")) == PUSHED
+    # the token is checked before anything is created; one commit, on main, old splits replaced
+    order = ["whoami", "repo_exists", "create_repo", "upload_folder"]
+    assert [n for n in fake_hub.names() if n in order] == order
+    assert (fake_hub.last("create_repo")["private"], fake_hub.last("create_repo")["exist_ok"]) == (None, True)
+    upload = fake_hub.last("upload_folder")
+    assert upload["commit_message"] == "pdd-hub export: 3 stages (mtt)" and upload["revision"] is None
+    assert upload["delete_patterns"] == ["data/*", "images/*"] and not upload["create_pr"]
+    assert fake_hub.apis == [{"endpoint": ENDPOINT, "token": TOKEN}]
+    assert {c.token for c in fake_hub.calls} == {TOKEN}
+    pdd = load_pdd("org/toy-pdd", endpoint=ENDPOINT, token=TOKEN)
+    assert fake_hub.last("snapshot_download")["allow_patterns"] == list(EXPORT_PATTERNS)
+    assert fake_hub.last("snapshot_download")["endpoint"] == ENDPOINT
     for loaded, (images, labels) in zip(pdd.stages, stages):
         assert torch.equal(loaded.images, images) and torch.equal(loaded.labels, labels)
     # a second push with fewer stages removes the stale split
     make_export(tmp_path / "e2", num_stages=2, seed=1)
-    push_to_hub(tmp_path / "e2", "org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
+    push_to_hub(tmp_path / "e2", "org/toy-pdd", endpoint=ENDPOINT, token=TOKEN, options=MIT)
     assert "data/stage_3-00000-of-00001.parquet" not in fake_hub.files("org/toy-pdd")
-    assert load_pdd("org/toy-pdd", endpoint=fake_hub.url, token=FAKE_TOKEN).num_stages == 2
-    first = fake_hub.commits("org/toy-pdd")[-2].oid  # the first push is still reachable by revision
-    assert load_pdd("org/toy-pdd", revision=first, endpoint=fake_hub.url, token=FAKE_TOKEN).num_stages == 3
+    assert load_pdd("org/toy-pdd", endpoint=ENDPOINT, token=TOKEN).num_stages == 2
+    # the first push is still reachable by revision
+    assert load_pdd("org/toy-pdd", revision=first, endpoint=ENDPOINT, token=TOKEN).num_stages == 3
 
 
 def test_push_refuses_a_broken_export_and_reports_auth_errors(tmp_path, fake_hub):
     make_export(tmp_path / "e")
     (tmp_path / "e" / SCHEDULE_FILE).unlink()
     with pytest.raises(ExportFormatError):
-        push_to_hub(tmp_path / "e", "org/x", endpoint=fake_hub.url, token=FAKE_TOKEN)
-    assert not fake_hub.repo_exists("org/x")
+        push_to_hub(tmp_path / "e", "org/x", endpoint=ENDPOINT, token=TOKEN)
+    assert not fake_hub.apis and not fake_hub.calls
     make_export(tmp_path / "ok")
     fake_hub.valid_tokens = {"hf_good"}
     with pytest.raises(HubPushError, match="org/x") as info:
-        push_to_hub(tmp_path / "ok", "org/x", endpoint=fake_hub.url, token="hf_bad", options=MIT)
+        push_to_hub(tmp_path / "ok", "org/x", endpoint=ENDPOINT, token="hf_bad", options=MIT)
     assert "hf_bad" not in str(info.value)
+    with pytest.raises(HubPushError, match="no Hub token: log in"):  # no token given, no HF_TOKEN
+        push_to_hub(tmp_path / "ok", "org/x", endpoint=ENDPOINT, options=MIT)
+    assert fake_hub.names() == ["whoami", "whoami"]
 
 
-def test_cli_push_takes_the_token_from_the_environment(tmp_path, fake_hub):
+def test_cli_push_takes_the_token_from_the_environment(tmp_path, fake_hub, monkeypatch, capsys, caplog):
     make_export(tmp_path / "e")
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": fake_hub.url,
-        "HF_TOKEN": "hf_secret_token",
-        "HF_HUB_OFFLINE": "0",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-    }
-    out = subprocess.run(
-        [sys.executable, "-m", "pdd_hub.cli", "push", str(tmp_path / "e"), "org/cli-pdd", "--license", "mit"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert out.returncode == 0, out.stderr
-    assert fake_hub.seen_tokens == {"hf_secret_token"}
-    assert "hf_secret_token" not in out.stdout + out.stderr
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
+    assert main(["push", str(tmp_path / "e"), "org/cli-pdd", "--license", "mit"]) == 0
+    # pdd-hub passes no token: huggingface_hub's own lookup finds HF_TOKEN for every call
+    assert fake_hub.apis == [{}]
+    assert {c.token for c in fake_hub.calls} == {"hf_secret_token"}
+    out = capsys.readouterr()
+    assert "pushed" in out.out and "hf_secret_token" not in out.out + out.err + caplog.text
     assert all(b"hf_secret_token" not in content for content in fake_hub.files("org/cli-pdd").values())
 
 
 def test_unknown_repo_is_a_clear_error(tmp_path, fake_hub):
     with pytest.raises(ExportNotFoundError, match="org/missing"):
-        load_pdd("org/missing", endpoint=fake_hub.url, token=FAKE_TOKEN)
+        load_pdd("org/missing", endpoint=ENDPOINT, token=TOKEN)
 
 
 def test_re_export_and_same_named_folders_are_never_read_stale(tmp_path):

@@ -96,7 +96,7 @@ def test_the_transition_starts_stage_2_from_networks_trained_on_stage_1(finished
     start_1 = load_file(str(out / "start_states" / "stage_1.safetensors"))["states"]
     start_2 = load_file(str(out / "start_states" / "stage_2.safetensors"))["states"]
     pdd = load_pdd(out / "dataset")
-    run = progressive.Run(config, Accelerator(cpu=True))
+    run = progressive.prepare_data(progressive.RunFolder.claim(config, Accelerator(cpu=True)))
 
     def trained_on(stage: int, i: int) -> torch.Tensor:
         model = build_network(config.model, 10, (1, 8, 8))
@@ -203,6 +203,24 @@ def test_rerun_with_a_different_config_is_refused(finished_run):
     changed = config_from_dict({**config.to_dict(), "mtt": {**config.to_dict()["mtt"], "syn_steps": 4}})
     with pytest.raises(ConfigError, match="changed: mtt.syn_steps"):
         run_pdd(changed, Accelerator(cpu=True))
+
+
+def test_reading_a_run_or_refusing_its_config_loads_no_data(finished_run, monkeypatch):
+    import pdd_hub.run as run_mod
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the real data was loaded")
+
+    monkeypatch.setattr(run_mod, "load_real_data", no_load)
+    config, out = finished_run
+    folder = run_mod.RunFolder(config, Accelerator(cpu=True))  # a handle: no lock, nothing written
+    stored, labels, record = folder.load_finished(1)
+    assert torch.equal(stored, load_file(str(out / "stages" / "stage_1.safetensors"))["images"])
+    assert len(labels) == 10 and record["lr"] > 0 and folder.load_finished(3) is None
+    assert folder.load_preprocess() is not None
+    changed = config_from_dict({**config.to_dict(), "seed": config.seed + 1})
+    with pytest.raises(ConfigError, match="changed: seed"):
+        run_mod.RunFolder.claim(changed, Accelerator(cpu=True))
 
 
 def test_rerun_ignores_changes_to_sections_the_run_does_not_use(finished_run):

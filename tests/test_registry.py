@@ -11,19 +11,19 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from pdd_hub.config import PDDConfig, config_from_dict, load_config, positive
+from pdd_hub.config import MethodConfig, PDDConfig, config_from_dict, load_config, positive
 from pdd_hub.configs import list_configs
 from pdd_hub.errors import ConfigError
 from pdd_hub.hub import load_pdd
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.progressive import run_pdd
-from pdd_hub.registry import METHODS, register_method
+from pdd_hub.registry import METHODS, Entry, register_method
 
 BUILT_IN = ("dc", "dm", "dsa", "idc", "mtt")
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(MethodConfig):
     """Pull every image of a class towards the mean of the class's real images."""
 
     lr_img: float = positive(0.5)
@@ -81,6 +81,28 @@ def test_a_registered_toy_method_runs_on_the_unchanged_driver(tmp_path):
     stage_1 = load_file(str(tmp_path / "run" / "stages" / "stage_1.safetensors"))["images"]
     assert torch.equal(pdd.stages[0].images, stage_1)
     assert load_file(str(tmp_path / "run" / "start_states" / "stage_2.safetensors"))["states"].shape[0] == 2
+
+
+def test_a_method_config_declares_every_hook_the_run_calls():
+    # the toy overrides none: the defaults let a method without them run (the test above)
+    toy = ToyConfig()
+    assert toy.expansion == 1 and toy.check(PDDConfig()) is None and toy.check_data((1, 8, 8)) is None
+    assert Toy.citation is None
+    for name in BUILT_IN:
+        assert issubclass(METHODS.get(name).config_cls, MethodConfig)
+    assert PDDConfig(method="idc").idc.expansion == 4  # IDC's multi-formation, factor 2
+
+
+@dataclass
+class PlainConfig:
+    lr_img: float = 1.0
+
+
+def test_a_method_config_that_is_not_a_method_config_is_named(monkeypatch):
+    # registered for this test only: the other tests build a config of every registered method
+    monkeypatch.setitem(METHODS._entries, "plain", Entry("plain", Toy, PlainConfig, "a plain config"))
+    with pytest.raises(TypeError, match="'plain' is registered with the config .*MethodConfig"):
+        config_from_dict({"method": "plain"})
 
 
 def test_every_built_in_method_is_registered_and_ships_a_quickstart_config():

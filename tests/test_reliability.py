@@ -37,7 +37,7 @@ from pdd_hub.hub import (
     recover_interrupted_export,
 )
 from pdd_hub.outputs import acquire_output_lock, release_output_lock
-from tests.fake_hub import FAKE_TOKEN
+from tests.fake_hub import ENDPOINT, TOKEN, FakeApi
 from tests.fake_hub import fake_hub as fake_hub_fixture
 from tests.helpers import SUBPROCESS_ENV, child_cpu_seconds, write_image_folder
 from tests.test_hub import MIT, make_export
@@ -91,7 +91,7 @@ def hostile(tmp_path):
 def test_push_uploads_exactly_the_export_files(hostile, fake_hub):
     folder, _ = hostile
     assert export_files(folder) == (EXPORT_FILES, [".env", "id_rsa (link)", "notes.txt", "ssh (link)"])
-    push_to_hub(folder, "org/clean", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
+    push_to_hub(folder, "org/clean", endpoint=ENDPOINT, token=TOKEN, options=MIT)
     files = fake_hub.files("org/clean")
     assert sorted(files) == EXPORT_FILES
     assert all(b"PRIVATE KEY" not in c and b"hf_leaked" not in c for c in files.values())
@@ -112,46 +112,49 @@ def test_push_refuses_an_export_file_that_is_a_link(hostile, fake_hub):
     (folder / "images" / "stage_1.png").unlink()
     (folder / "images" / "stage_1.png").symlink_to(secret)
     with pytest.raises(ExportFormatError, match=r"images/stage_1.png is a link"):
-        push_to_hub(folder, "org/x", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
-    assert not fake_hub.repo_exists("org/x")
+        push_to_hub(folder, "org/x", endpoint=ENDPOINT, token=TOKEN, options=MIT)
+    assert not fake_hub.calls
 
 
 def test_download_fetches_only_the_export_files(tmp_path, fake_hub):
-    from huggingface_hub import HfApi
-
     make_export(tmp_path / "e", num_stages=2)
-    push_to_hub(tmp_path / "e", "org/junk", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
-    api = HfApi(endpoint=fake_hub.url, token=FAKE_TOKEN)
-    for junk in ("setup.py", "notes/big.bin", ".env", "data/readme.txt"):
-        api.upload_file(path_or_fileobj=b"junk", path_in_repo=junk, repo_id="org/junk", repo_type="dataset")
-    pdd = load_pdd("org/junk", endpoint=fake_hub.url, token=FAKE_TOKEN)
+    push_to_hub(tmp_path / "e", "org/junk", endpoint=ENDPOINT, token=TOKEN, options=MIT)
+    junk = {name: b"junk" for name in ("setup.py", "notes/big.bin", ".env", "data/readme.txt")}
+    fake_hub.commit("org/junk", "main", "junk", {**fake_hub.files("org/junk"), **junk})
+    pdd = load_pdd("org/junk", endpoint=ENDPOINT, token=TOKEN)
     downloaded = sorted(p.relative_to(pdd.path).as_posix() for p in pdd.path.rglob("*") if p.is_file())
     assert downloaded == EXPORT_FILES
 
 
 # --- 9. a failed push names its cause and leaves no empty repo ------------------------------------------
 def test_failed_first_upload_leaves_no_repo_and_names_the_cause(tmp_path, fake_hub, monkeypatch):
-    from huggingface_hub import HfApi
-
     make_export(tmp_path / "e", num_stages=2)
 
     def dropped(*args, **kwargs):
         raise ConnectionError("connection reset by peer")
 
-    monkeypatch.setattr(HfApi, "upload_folder", dropped)
+    upload = FakeApi.on_upload_folder
+    monkeypatch.setattr(FakeApi, "on_upload_folder", dropped)
     with pytest.raises(HubPushError, match="could not be reached .*connection reset.*deleted again"):
-        push_to_hub(tmp_path / "e", "org/new", endpoint=fake_hub.url, token=FAKE_TOKEN, options=MIT)
-    assert not fake_hub.repo_exists("org/new")
+        push_to_hub(tmp_path / "e", "org/new", endpoint=ENDPOINT, token=TOKEN, options=MIT)
+    assert "org/new" not in fake_hub.refs and fake_hub.last("delete_repo")["repo_id"] == "org/new"
+    # a repo that was there before the push is never deleted
+    monkeypatch.setattr(FakeApi, "on_upload_folder", upload)
+    push_to_hub(tmp_path / "e", "org/new", endpoint=ENDPOINT, token=TOKEN, options=MIT)
+    monkeypatch.setattr(FakeApi, "on_upload_folder", dropped)
+    with pytest.raises(HubPushError, match="connection reset by peer") as info:
+        push_to_hub(tmp_path / "e", "org/new", endpoint=ENDPOINT, token=TOKEN, options=MIT)
+    assert "deleted" not in str(info.value) and "org/new" in fake_hub.refs
+    assert fake_hub.names().count("delete_repo") == 1
 
 
 def test_a_refused_token_is_named_before_any_repo_is_created(tmp_path, fake_hub):
     make_export(tmp_path / "e", num_stages=2)
     fake_hub.valid_tokens = {"hf_good"}
     with pytest.raises(HubPushError, match="refused the token") as info:
-        push_to_hub(tmp_path / "e", "org/new", endpoint=fake_hub.url, token="hf_bad", options=MIT)
+        push_to_hub(tmp_path / "e", "org/new", endpoint=ENDPOINT, token="hf_bad", options=MIT)
     assert "write access" not in str(info.value) and "hf_bad" not in str(info.value)
-    assert not fake_hub.repo_exists("org/new")
-    assert not any(r.method == "POST" and "repos/create" in r.path for r in fake_hub.requests)
+    assert not fake_hub.refs and fake_hub.names() == ["whoami"]  # no create_repo, nor any other write
 
 
 # --- 2. every path read from an export stays inside it ---------------------------------------------

@@ -9,8 +9,9 @@ the images networks train on (:meth:`Distiller.decode`: IDC's multi-formation) a
 train on them (:meth:`Distiller.training_recipe`). Conditioning is a property of the driver: earlier
 stages are detached and never in the optimiser, whatever the method.
 
-A method registers itself with its config dataclass and is built as
-``cls(method_config, run_config, num_classes, image_shape)``::
+A method registers itself under its name with its config dataclass, a :class:`MethodConfig` (whose
+hooks say what the run checks before any work and how many images a stored one decodes into), and is
+built as ``cls(method_config, run_config, num_classes, image_shape)``::
 
     @register_method("dm", DMConfig)
     class DM(Distiller): ...
@@ -26,7 +27,7 @@ import torch
 from accelerate import Accelerator
 
 from pdd_hub.augment import DSA, augment_spec, build_augment
-from pdd_hub.config import ImportanceConfig, PDDConfig
+from pdd_hub.config import ImportanceConfig, MethodConfig, PDDConfig
 from pdd_hub.data.images import ImageSet
 from pdd_hub.data.transforms import Preprocess
 from pdd_hub.loss_networks import LossNetworks, LossNetworksConfig, RetrainPool
@@ -102,20 +103,27 @@ class StageContext:
 
 
 class Distiller(ABC):
-    """A base method as seen by the progressive driver."""
+    """A base method as seen by the progressive driver; its name is the one it is registered under."""
 
-    name: str = "base"
     default_augment: str = "dsa"  # how networks train on the images, unless the config's augment says
-    expansion: int = 1  # images a stored image decodes into (IDC: factor**2)
     num_start_states: int = 1  # networks a stage starts from (trained on stages 1..k-1 in PDD)
+    # BibTeX the dataset card cites besides PDD's: for methods of other packages (the built-in
+    # methods' entries are in pdd_hub.card.CITATIONS); None: nothing more to cite
+    citation: str | None = None
 
     def __init__(
-        self, config: Any, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]
+        self, config: MethodConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]
     ) -> None:
         self.config = config  # the method's own section
         self.run = run
         self.num_classes = num_classes
         self.image_shape = image_shape
+
+    @property
+    def expansion(self) -> int:
+        """Images a stored image decodes into (IDC: ``factor**2``): the section's, so that the run's
+        data check before any work and the stages agree."""
+        return self.config.expansion
 
     @abstractmethod
     def begin_stage(self, ctx: StageContext) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pdd_hub.augment import build_augment
-from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
+from pdd_hub.config import MethodConfig, PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.matching import METRICS, GradientMatching, classwise_matching_loss
@@ -41,7 +41,7 @@ def official_loops(ipc: int) -> tuple[int, int]:
 
 
 @dataclass
-class DCConfig:
+class DCConfig(MethodConfig):
     """Gradient matching (Zhao et al. 2021): per-class gradient distance on networks trained on the
     synthetic set."""
 
@@ -63,7 +63,6 @@ class DCConfig:
 class DC(Distiller):
     """Dataset condensation with gradient matching (Zhao et al. 2021)."""
 
-    name = "dc"
     default_augment = "none"  # DC's official evaluation trains without augmentation
 
     def __init__(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pdd_hub.augment import build_augment
-from pdd_hub.config import PDDConfig, augmentation, non_negative, positive
+from pdd_hub.config import MethodConfig, PDDConfig, augmentation, non_negative, positive
 from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.params import build_network, embed, load_flat_params
@@ -27,7 +27,7 @@ from pdd_hub.registry import register_method
 
 
 @dataclass
-class DMConfig:
+class DMConfig(MethodConfig):
     """Distribution matching (Zhao & Bilen 2023): per-class mean embeddings under random networks."""
 
     lr_img: float = positive(1.0)  # the official value for CIFAR at IPC <= 50
@@ -41,8 +41,6 @@ class DMConfig:
 @register_method("dm", DMConfig)
 class DM(Distiller):
     """Distribution matching (Zhao & Bilen 2023)."""
-
-    name = "dm"
 
     def __init__(
         self, config: DMConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]

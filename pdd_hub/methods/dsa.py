@@ -25,5 +25,4 @@ class DSAConfig(DCConfig):
 class DCWithDSA(DC):
     """Gradient matching with differentiable siamese augmentation (Zhao & Bilen 2021)."""
 
-    name = "dsa"
     default_augment = "dsa"

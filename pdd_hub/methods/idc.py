@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from pdd_hub.augment import CutMix, build_augment
-from pdd_hub.config import PDDConfig, augmentation, non_negative, one_of, positive
+from pdd_hub.config import MethodConfig, PDDConfig, augmentation, non_negative, one_of, positive
 from pdd_hub.errors import ConfigError
 from pdd_hub.loss_networks import LossNetworksConfig, with_source
 from pdd_hub.methods.base import Distiller, StageContext
@@ -51,7 +51,7 @@ IDC_LR_SCHEDULE = "steps_at_2/3_5/6_x0.2"
 
 
 @dataclass
-class IDCConfig:
+class IDCConfig(MethodConfig):
     """Efficient dataset condensation (Kim et al. 2022): multi-formation and gradient matching on
     networks trained on real data."""
 
@@ -84,6 +84,7 @@ class IDCConfig:
 
     @property
     def expansion(self) -> int:
+        """Multi-formation: a stored image holds ``factor x factor`` tiles, each decoded to an image."""
         return self.factor**2
 
     def check(self, run: PDDConfig) -> None:
@@ -111,14 +112,12 @@ class IDCConfig:
 class IDC(Distiller):
     """Efficient dataset condensation with multi-formation (Kim et al. 2022)."""
 
-    name = "idc"
     default_augment = "dsa_idc:color_crop_flip_scale_rotate"  # IDC's training: DSA without cutout, + CutMix
 
     def __init__(
         self, config: IDCConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]
     ) -> None:
         super().__init__(config, run, num_classes, image_shape)
-        self.expansion = config.expansion
         self.num_start_states = config.num_networks
         self.augment = build_augment(config.augment)
         self.net_augment = build_augment(config.net_augment)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from pdd_hub.augment import DSA, Sample
-from pdd_hub.config import PDDConfig, non_negative, one_of, positive
+from pdd_hub.config import MethodConfig, PDDConfig, non_negative, one_of, positive
 from pdd_hub.errors import ConfigError
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.methods.experts import ExpertSet, experts_for_stage
@@ -30,7 +30,7 @@ from pdd_hub.runtime import autocast
 
 
 @dataclass
-class MTTConfig:
+class MTTConfig(MethodConfig):
     """Trajectory matching (Cazenavette et al. 2022) with a learned LR per stage."""
 
     syn_steps: int = positive(50)
@@ -61,8 +61,6 @@ class MTTConfig:
 @register_method("mtt", MTTConfig)
 class MTT(Distiller):
     """Matching training trajectories (Cazenavette et al. 2022), with a learned LR per stage."""
-
-    name = "mtt"
 
     def __init__(
         self, config: MTTConfig, run: PDDConfig, num_classes: int, image_shape: tuple[int, int, int]

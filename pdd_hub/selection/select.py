@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from pdd_hub.augment import build_augment
-from pdd_hub.config import ScoringConfig, _build, _check_rules
+from pdd_hub.config import ScoringConfig, build_section
 from pdd_hub.data import Preprocess, PreprocessedImages, RealData, default_cache_dir
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import ConfigError
@@ -42,9 +42,7 @@ def build_selector(method: str, options: dict[str, Any] | None = None):
         if options:
             raise ConfigError(f"selection method {method!r} takes no settings, got {sorted(options)}")
         return entry.cls(None)
-    config = _build(entry.config_cls, options, prefix=f"{method}.")
-    _check_rules(config, prefix=f"{method}.")
-    return entry.cls(config)
+    return entry.cls(build_section(entry.config_cls, options, method))
 
 
 @dataclass(frozen=True)
