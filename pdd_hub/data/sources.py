@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 EMBEDDED_DIGITS = "sklearn:digits"
 IMAGE_COLUMN_CANDIDATES = ("img", "image", "images", "pixel_values")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "coarse_label")
+TRAIN_SPLIT = "train"  # the split distilled from; its validation part is carved out of it
 TEST_SPLIT_CANDIDATES = ("test", "validation", "valid", "val")
 # Bump when decoding changes, so stale caches are never read.
 _DECODER_VERSION = 2
@@ -83,7 +84,6 @@ def load_real_data(
     image_column: str | None = None,
     label_column: str | None = None,
     test_split: str | None = None,
-    train_split: str = "train",
     image_size: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> RealData:
@@ -91,6 +91,7 @@ def load_real_data(
     validation split carved out of train. Model or image selection uses ``val``, never ``test``."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     splits = _load_dataset_dict(source, cache)
+    train_split = TRAIN_SPLIT
     if train_split not in splits:
         raise DatasetFormatError(f"dataset {source!r} has no {train_split!r} split; it has {sorted(splits)}")
     if test_split is None:
