@@ -218,7 +218,6 @@ def _select_and_export(args: argparse.Namespace, scoring) -> int:
     from pdd_hub.augment import DEFAULT_STRATEGY
     from pdd_hub.data import Preprocess, load_real_data
     from pdd_hub.data.transforms import normalization_constants
-    from pdd_hub.rng import stream
     from pdd_hub.runtime import make_accelerator
     from pdd_hub.schedule import SGDRecipe
     from pdd_hub.selection.select import Selection, select_and_export
@@ -233,8 +232,7 @@ def _select_and_export(args: argparse.Namespace, scoring) -> int:
         image_size=args.image_size,
     )
     if args.train_per_class is not None:
-        keep = real.train.sample_per_class(args.train_per_class, stream(args.seed, "subset"))
-        real.train = real.train.subset(keep.sort().values)
+        real.keep_train_per_class(args.train_per_class, args.seed)
     mean, std = normalization_constants(args.normalization, args.mean, args.std)
     preprocess = Preprocess.fit(
         real.train.images, normalize=not args.no_normalize, zca=args.zca, mean=mean, std=std

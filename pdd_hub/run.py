@@ -55,7 +55,7 @@ from pdd_hub.models import check_model_builds
 from pdd_hub.outputs import acquire_output_lock, check_writable, release_output_lock
 from pdd_hub.params import build_network, flat_params
 from pdd_hub.registry import METHODS
-from pdd_hub.rng import stream, stream_seed
+from pdd_hub.rng import stream_seed
 from pdd_hub.runtime import TrainingRuntime, batch_networks_by_default
 from pdd_hub.scoring import RealExamples, train_scoring_networks
 from pdd_hub.train import TrainingRecipe
@@ -465,8 +465,7 @@ def prepare_data(folder: RunFolder) -> RunData:
     check_data_fits_config(config, real)  # before the (long) preprocessing fit
     preprocess = fit_or_load_preprocess(folder, real.train)  # on the whole training split, as MTT does
     if config.train_per_class is not None:
-        keep = real.train.sample_per_class(config.train_per_class, stream(config.seed, "subset"))
-        real.train = real.train.subset(keep.sort().values)
+        real.keep_train_per_class(config.train_per_class, config.seed)
     # the training set stays uint8 on the device and is preprocessed a batch at a time
     raw = real.train
     images = PreprocessedImages(raw.images.to(device), preprocess)

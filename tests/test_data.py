@@ -224,3 +224,16 @@ def test_preprocessed_images_keep_uint8_and_give_what_the_preprocessing_gives(di
     assert torch.equal(lazy[3:9], pre(digits.train.images[3:9]))
     with pytest.raises(ValueError, match="uint8"):
         PreprocessedImages(digits.train.images.float(), pre)
+
+
+def test_keep_train_per_class_is_one_seeded_subset_for_every_command(tmp_path, monkeypatch):
+    """A run's ``train_per_class`` and ``pdd-hub select --train-per-class`` keep the same images."""
+    monkeypatch.setenv("PDD_HUB_CACHE", str(tmp_path / "cache"))
+    first, again, other = (load_real_data("sklearn:digits", val_per_class=1) for _ in range(3))
+    first.keep_train_per_class(5, seed=0)
+    again.keep_train_per_class(5, seed=0)
+    other.keep_train_per_class(5, seed=1)
+    assert torch.bincount(first.train.labels).tolist() == [5] * 10
+    assert torch.equal(first.train.images, again.train.images)
+    assert torch.equal(first.train.labels, again.train.labels)
+    assert not torch.equal(first.train.images, other.train.images)

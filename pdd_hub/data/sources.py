@@ -19,6 +19,7 @@ from safetensors import safe_open
 from pdd_hub.data.images import ImageSet, stratified_split
 from pdd_hub.errors import DatasetFormatError
 from pdd_hub.io import save_tensors
+from pdd_hub.rng import stream
 from pdd_hub.validate import check_literal_path
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ class RealData:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape
+
+    def keep_train_per_class(self, per_class: int, seed: int) -> None:
+        """Cut ``train`` to ``per_class`` images of each class, the same seeded subset for every command
+        that asks (``train_per_class`` of a run, ``pdd-hub select --train-per-class``)."""
+        keep = self.train.sample_per_class(per_class, stream(seed, "subset"))
+        self.train = self.train.subset(keep.sort().values)
 
 
 def default_cache_dir() -> Path:
