@@ -178,7 +178,7 @@ def distill_stage(
         total=iterations,
         initial=start,
         desc=f"stage {ctx.stage}/{ctx.num_stages}",
-        disable=not (ctx.progress and ctx.accelerator.is_main_process),
+        disable=not (ctx.runtime.progress and ctx.accelerator.is_main_process),
     )
     tick = time.perf_counter()
     for it in range(start, iterations + 1):

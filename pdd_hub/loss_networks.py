@@ -28,7 +28,8 @@ import torch
 from pdd_hub.config import fraction, one_of, positive
 from pdd_hub.data.images import ImageSet
 from pdd_hub.params import build_network, flat_params, load_flat_params
-from pdd_hub.rng import Name, stream, stream_seed
+from pdd_hub.rng import Name
+from pdd_hub.runtime import TrainingRuntime
 from pdd_hub.train import minibatch_loss
 
 SOURCES = ("start_states", "random", "perturbed", "retrained", "mixed")
@@ -60,7 +61,7 @@ class LossNetworks:
     """The flat parameters of the ``draw``-th network of one stage's loss (on one process)."""
 
     config: LossNetworksConfig
-    seed: int  # the run's
+    runtime: TrainingRuntime  # the run's (its seed names every draw's stream)
     prefix: tuple[Name, ...]  # the stage's (and process's) stream name
     model_name: str
     real: ImageSet  # the preprocessed training images (perturbed: their SGD steps)
@@ -73,7 +74,7 @@ class LossNetworks:
     def state(self, draw: int) -> torch.Tensor:
         """Flat parameters of the ``draw``-th network (a new tensor or a start state; never modified)."""
         source = "random" if self.first_stage else self.config.source
-        generator = stream(self.seed, *self.prefix, "network", draw)
+        generator = self.runtime.stream(*self.prefix, "network", draw)
         if source == "mixed":
             fresh = bool(torch.rand((), generator=generator) < self.config.random_fraction)
             source = "random" if fresh else "start_states"
@@ -85,7 +86,7 @@ class LossNetworks:
         return self.perturbed(state, generator) if source == "perturbed" else state
 
     def random_state(self, draw: int) -> torch.Tensor:
-        seed = stream_seed(self.seed, *self.prefix, "network", draw)
+        seed = self.runtime.stream_seed(*self.prefix, "network", draw)
         real = self.real
         return flat_params(build_network(self.model_name, real.num_classes, real.image_shape, seed=seed))
 

@@ -34,7 +34,6 @@ from pdd_hub.methods import Distiller, build_distiller
 from pdd_hub.methods.base import StageContext
 from pdd_hub.params import flat_params, network_from
 from pdd_hub.registry import SELECTIONS
-from pdd_hub.rng import stream
 from pdd_hub.run import FinishedStage, RunData, RunFolder, prepare_data
 from pdd_hub.runtime import make_accelerator
 from pdd_hub.selection import selection_indices
@@ -154,15 +153,11 @@ def stage_context(
         augment=run.augment,
         accelerator=run.accelerator,
         layout=run.layout,
-        seed=cfg.seed,
-        generator=stream(cfg.seed, "stage", stage, "process", run.accelerator.process_index, "loss"),
+        runtime=run.runtime,
+        generator=run.runtime.stream("stage", stage, "process", run.accelerator.process_index, "loss"),
         preprocess=run.preprocess,
-        batch_networks=run.folder.batch_networks,
-        precision=cfg.precision,
-        compile=cfg.compile,
         real_sampling=cfg.real_sampling,
         importance=cfg.importance,
-        progress=cfg.progress,
     )
 
 
@@ -177,7 +172,7 @@ def initial_images(
     labels = torch.arange(run.num_classes).repeat_interleave(cfg.ipc_per_stage)
     selection = init_selection(cfg.init)
     if selection is None:
-        noise = torch.randn(len(labels), *run.image_shape, generator=stream(cfg.seed, "init", stage))
+        noise = torch.randn(len(labels), *run.image_shape, generator=run.runtime.stream("init", stage))
         return noise, labels, []
     per_class = cfg.ipc_per_stage * distiller.expansion
     candidates = pool[~torch.isin(pool, used)]
@@ -188,7 +183,7 @@ def initial_images(
             everything = everything[~torch.isin(everything, used)]
             pools[c] = run.examples.class_pools(everything)[c]
     selector = SELECTIONS.get(selection).cls(cfg.init_config)
-    generators = [stream(cfg.seed, "init", stage, c) for c in range(run.num_classes)]
+    generators = [run.runtime.stream("init", stage, c) for c in range(run.num_classes)]
     chosen = torch.cat(selection_indices(selector, pools, per_class, generators))
     real = run.train.images[chosen.to(run.train.images.device)].detach().cpu()
     return distiller.encode(real).clone(), labels, chosen.tolist()
@@ -247,7 +242,7 @@ def validation_accuracy(
             recipe,
             [plan],
             [start_states[j % len(start_states)] for j in mine],
-            [stream(cfg.seed, "validation", stage, iteration, j) for j in mine],
+            [run.runtime.stream("validation", stage, iteration, j) for j in mine],
             test=(run.val.images, run.val.labels),
         )
     if run.accelerator.num_processes > 1:
@@ -311,11 +306,11 @@ def train_and_keep(
     count, acc = len(states), run.accelerator
     mine = list(range(acc.process_index, count, acc.num_processes))
     todo = [i for i in mine if not (parts / f"{i:04d}.safetensors").exists()]
-    chunk = max(1, len(todo)) if run.folder.batch_networks else 1  # one at a time: each is kept when done
+    chunk = max(1, len(todo)) if run.runtime.batched else 1  # one at a time: each is kept when done
     for first in range(0, len(todo), chunk):
         group = todo[first : first + chunk]
         trained: list[torch.Tensor] = []
-        generators = [stream(run.config.seed, *names[i]) for i in group]
+        generators = [run.runtime.stream(*names[i]) for i in group]
         train_networks(run, recipe, plans, [states[i] for i in group], generators, trained=trained)
         for i, state in zip(group, trained, strict=True):
             save_tensors({"state": state}, parts / f"{i:04d}.safetensors")
@@ -349,7 +344,7 @@ def train_networks(
         network_from(cfg.model, run.num_classes, run.image_shape, state.to(run.device)) for state in states
     ]
     # quietly: validation and transition networks are many short trainings, each under the stage's bar
-    runtime = replace(run.folder.runtime, progress=False)
+    runtime = replace(run.runtime, progress=False)
     accuracies = train_many(
         models, plans, generators=generators, augmentation=recipe.augmentation(), runtime=runtime, test=test
     )

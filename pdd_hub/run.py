@@ -55,8 +55,7 @@ from pdd_hub.models import check_model_builds
 from pdd_hub.outputs import acquire_output_lock, check_writable, release_output_lock
 from pdd_hub.params import build_network, flat_params
 from pdd_hub.registry import METHODS
-from pdd_hub.rng import stream_seed
-from pdd_hub.runtime import TrainingRuntime, batch_networks_by_default
+from pdd_hub.runtime import TrainingRuntime
 from pdd_hub.scoring import RealExamples, train_scoring_networks
 from pdd_hub.train import TrainingRecipe
 from pdd_hub.validate import PREPROCESS_RULES, check_numbers
@@ -186,19 +185,10 @@ class RunFolder:
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    @property
-    def batch_networks(self) -> bool:
-        """Whether many networks train at once (the config's ``batch_networks``, else by device)."""
-        setting = self.config.batch_networks
-        return batch_networks_by_default(self.device) if setting is None else setting
-
-    @property
+    @cached_property
     def runtime(self) -> TrainingRuntime:
-        """How the run's networks train: the config's ``precision``, ``compile`` and ``progress``."""
-        cfg = self.config
-        return TrainingRuntime(
-            precision=cfg.precision, batched=self.batch_networks, compile=cfg.compile, progress=cfg.progress
-        )
+        """Where and how the run's networks train, and the seed of its random streams (built once)."""
+        return TrainingRuntime.for_run(self.config, self.accelerator)
 
     def exists_on_all(self, path: Path) -> bool:
         """``path.exists()``, seen the same by every process: all look before any may go on (and
@@ -350,6 +340,10 @@ class RunData:
         return self.folder.device
 
     @property
+    def runtime(self) -> TrainingRuntime:
+        return self.folder.runtime
+
+    @property
     def num_classes(self) -> int:
         return self.real.num_classes
 
@@ -370,10 +364,9 @@ class RunData:
                 self.train,
                 cfg.scoring,
                 model_name=model,
-                seed=cfg.seed,
                 accelerator=self.accelerator,
                 augment=self.augment,
-                runtime=self.folder.runtime,
+                runtime=self.runtime,
             )
 
         return RealExamples(self.train, model, train)
@@ -395,10 +388,8 @@ class RunData:
 
     def random_network_state(self, name: tuple) -> torch.Tensor:
         """Flat parameters of a random initialisation of the run's network, from stream ``name``."""
-        network = build_network(
-            self.config.model, self.num_classes, self.image_shape, seed=stream_seed(self.config.seed, *name)
-        )
-        return flat_params(network)
+        seed = self.runtime.stream_seed(*name)
+        return flat_params(build_network(self.config.model, self.num_classes, self.image_shape, seed=seed))
 
     # --- what a finished stage leaves -----------------------------------------------------------
     def save_finished(self, stage: int, finished: FinishedStage, history: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""The machine a run is on: CPU threads, and the accelerate state that sees every process.
+"""The machine a run is on: CPU threads, the accelerate state that sees every process, and the one
+:class:`TrainingRuntime` a run builds from its config and accelerator.
 
 Threads: ``accelerate launch`` sets ``OMP_NUM_THREADS=1`` for CPU runs, so a run started the
 documented way would use one core. pdd-hub sets torch's thread count itself, whatever launched it:
@@ -17,9 +18,15 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator, PartialState
+
+from pdd_hub.rng import Name, stream, stream_seed
+
+if TYPE_CHECKING:
+    from pdd_hub.config import PDDConfig
 
 logger = logging.getLogger(__name__)
 ENV_VAR = "PDD_HUB_NUM_THREADS"
@@ -78,18 +85,49 @@ def make_accelerator(cpu: bool = False, **kwargs) -> Accelerator:
 
 
 PRECISIONS = ("fp32", "bf16")
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class TrainingRuntime:
-    """How networks train on this machine, whatever they learn: the ``precision`` of their forward
-    passes (:func:`autocast`), ``batched`` (many networks stacked under vmap, where their model
-    allows), ``compile`` (``torch.compile`` for a network that trains alone) and ``progress`` bars."""
+    """Where and how a run's networks train, whatever they learn, built once per run
+    (:meth:`for_run`) and passed down instead of loose keywords: the ``device``, the ``precision`` of
+    forward passes (:func:`autocast`), ``batched`` (many networks stacked under vmap, where their
+    model allows), ``compile`` (``torch.compile`` for a network that trains alone), the CPU
+    ``threads`` torch uses, ``progress`` bars, and the run ``seed`` every named random stream of the
+    run derives from (:meth:`stream`)."""
 
     precision: str = "fp32"
     batched: bool = False
     compile: bool = False
     progress: bool = False
+    device: torch.device = CPU
+    threads: int | None = None  # None: whatever torch was set to
+    seed: int = 0
+
+    @classmethod
+    def for_run(cls, config: PDDConfig, accelerator: Accelerator) -> TrainingRuntime:
+        """The runtime of a run of ``config`` on ``accelerator``'s device: the config's settings (networks
+        batched by default on accelerators) and the threads torch was set to (:func:`configure_threads`)."""
+        device, batched = accelerator.device, config.batch_networks
+        batched = batch_networks_by_default(device) if batched is None else batched
+        return cls(
+            precision=config.precision,
+            batched=batched,
+            compile=config.compile,
+            progress=config.progress,
+            device=device,
+            threads=torch.get_num_threads(),
+            seed=config.seed,
+        )
+
+    def stream(self, *name: Name) -> torch.Generator:
+        """The run's random stream ``name`` (:func:`pdd_hub.rng.stream`), e.g. ``("transition", 2, 0)``."""
+        return stream(self.seed, *name)
+
+    def stream_seed(self, *name: Name) -> int:
+        """The integer seed of the run's stream ``name`` (e.g. for a network's initialisation)."""
+        return stream_seed(self.seed, *name)
 
 
 PLAIN = TrainingRuntime()  # fp32, one network at a time, not compiled, quiet

@@ -31,7 +31,6 @@ from pdd_hub.config import ScoringConfig
 from pdd_hub.data.images import ImageSet
 from pdd_hub.methods.experts import ExpertSet, ExpertTraining, train_experts
 from pdd_hub.params import build_network, embed, flat_params, network_from
-from pdd_hub.rng import stream_seed
 from pdd_hub.runtime import TrainingRuntime
 
 
@@ -49,21 +48,21 @@ def train_scoring_networks(
     config: ScoringConfig,
     *,
     model_name: str,
-    seed: int,
     accelerator: Accelerator,
     augment: DSA | None,
     runtime: TrainingRuntime,
 ) -> ExpertSet:
     """``config.runs`` networks trained on all of ``real`` (preprocessed, on the device) with their
-    forgetting events recorded; resumable, reused when already there."""
+    forgetting events recorded (network i initialised from the runtime's stream ``("scoring", i)``);
+    resumable, reused when already there."""
     num_classes, shape = real.num_classes, real.image_shape
     states = torch.stack(
         [
-            flat_params(build_network(model_name, num_classes, shape, seed=stream_seed(seed, "scoring", i)))
+            flat_params(build_network(model_name, num_classes, shape, seed=runtime.stream_seed("scoring", i)))
             for i in range(config.runs)
         ]
     )
-    training = ExpertTraining(config.recipe(), augment, seed, track_forgetting=True, runtime=runtime)
+    training = ExpertTraining(config.recipe(), augment, track_forgetting=True, runtime=runtime)
     return train_experts(
         directory, real, states, training, model_name=model_name, accelerator=accelerator, stage="scoring"
     )

@@ -16,6 +16,7 @@ from pdd_hub.errors import ConfigError
 from pdd_hub.io import load_json, save_json
 from pdd_hub.methods.base import Distiller, StageContext
 from pdd_hub.run import RunLayout
+from pdd_hub.runtime import TrainingRuntime
 
 
 class Quadratic(Distiller):
@@ -78,9 +79,8 @@ def setting(tmp_path: Path, iterations: int = 6, nan_at: tuple[int, ...] = ()):
         augment=None,
         accelerator=accelerator,
         layout=RunLayout(tmp_path),
-        seed=0,
+        runtime=TrainingRuntime(seed=0),
         generator=torch.Generator().manual_seed(0),
-        progress=False,
     )
     return config, ctx, Quadratic(target, nan_at), frozen
 

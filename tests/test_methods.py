@@ -14,6 +14,7 @@ from pdd_hub.methods import build_distiller
 from pdd_hub.methods.base import StageContext
 from pdd_hub.params import build_network, flat_params, network_from
 from pdd_hub.run import RunLayout
+from pdd_hub.runtime import TrainingRuntime
 
 CLASSES, PER_CLASS, SHAPE = 3, 6, (1, 8, 8)
 
@@ -37,9 +38,8 @@ def make(method: str, tmp_path, *, start_states_stage: int = 2, **section):
         augment=None,
         accelerator=Accelerator(cpu=True),
         layout=RunLayout(tmp_path),
-        seed=0,
+        runtime=TrainingRuntime(seed=0),
         generator=torch.Generator().manual_seed(0),
-        progress=False,
     )
     distiller.begin_stage(ctx)
     return distiller, ctx

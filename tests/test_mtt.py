@@ -44,7 +44,7 @@ def test_flat_params_is_a_copy_not_a_view_of_the_live_weights():
 def test_expert_epochs_differ_and_start_from_the_given_state(tmp_path):
     start = flat_params(build_network("convnet_d1", 3, (1, 8, 8), seed=5)).unsqueeze(0)
     recipe = ExpertConfig(epochs=4, batch_size=16, lr=0.05).recipe()
-    training = ExpertTraining(recipe, DSA(), seed=0, track_forgetting=True)
+    training = ExpertTraining(recipe, DSA(), track_forgetting=True)
     experts = train_experts(
         tmp_path / "experts",
         toy_set(),
@@ -71,8 +71,8 @@ def train_toy_experts(directory, batched: bool = False, count: int = 2):
         [flat_params(build_network("convnet_d1", 3, (1, 8, 8), seed=s)) for s in range(count)]
     )
     recipe = ExpertConfig(epochs=5, batch_size=16, lr=0.05, momentum=0.9).recipe()  # momentum: it resumes too
-    runtime = TrainingRuntime(batched=batched)
-    training = ExpertTraining(recipe, DSA(), seed=3, track_forgetting=True, runtime=runtime)
+    runtime = TrainingRuntime(batched=batched, seed=3)
+    training = ExpertTraining(recipe, DSA(), track_forgetting=True, runtime=runtime)
     return train_experts(
         directory, toy_set(), starts, training, model_name="convnet_d1", accelerator=Accelerator(cpu=True)
     )

@@ -32,7 +32,8 @@ from pdd_hub.data.images import ImageSet
 from pdd_hub.data.transforms import Preprocess
 from pdd_hub.loss_networks import LossNetworks, LossNetworksConfig, RetrainPool
 from pdd_hub.methods.sampling import RealSampler
-from pdd_hub.rng import Name, stream
+from pdd_hub.rng import Name
+from pdd_hub.runtime import TrainingRuntime
 from pdd_hub.train import TrainingRecipe
 
 
@@ -51,20 +52,16 @@ class StageContext:
     augment: DSA | None  # the run's training augmentation
     accelerator: Accelerator
     layout: Any  # the run folder's layout (pdd_hub.run.RunLayout): where a method keeps its files
-    seed: int
+    runtime: TrainingRuntime  # device, precision, batching, compile, progress, the run seed's streams
     generator: torch.Generator  # this process's stream of the stage, for the loss's draws
     preprocess: Preprocess | None = None  # how real pixels became ``real`` (e.g. for clamping)
-    batch_networks: bool = False  # train many networks at once (experts)
-    precision: str = "fp32"  # of network training
-    compile: bool = False  # torch.compile the networks that train one at a time (experts)
     real_sampling: str = "uniform"  # how the method draws real examples (pdd_hub.methods.sampling)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
-    progress: bool = True
     networks: LossNetworks | None = None  # the loss's networks (default: start states)
 
     def stream(self, *name: Name) -> torch.Generator:
         """A named random stream of this stage (and process), e.g. ``ctx.stream("network", 3)``."""
-        return stream(self.seed, *self._prefix(), *name)
+        return self.runtime.stream(*self._prefix(), *name)
 
     def _prefix(self) -> tuple[Name, ...]:
         return ("stage", self.stage, "process", self.accelerator.process_index)
@@ -81,7 +78,7 @@ class StageContext:
         """The networks of this stage's loss drawn from ``config``'s source."""
         return LossNetworks(
             config,
-            seed=self.seed,
+            runtime=self.runtime,
             prefix=self._prefix(),
             model_name=self.model_name,
             real=self.real,

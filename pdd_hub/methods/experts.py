@@ -28,7 +28,6 @@ from pdd_hub.methods.base import StageContext
 from pdd_hub.methods.sampling import importance_probabilities
 from pdd_hub.networks import Networks, as_networks, momentum_of, set_momentum_of
 from pdd_hub.params import network_from
-from pdd_hub.rng import stream
 from pdd_hub.runtime import PLAIN, TrainingRuntime, autocast
 from pdd_hub.schedule import SGDRecipe
 from pdd_hub.train import mixed_cross_entropy
@@ -107,11 +106,10 @@ class ExpertSet:
 class ExpertTraining:
     """How experts train, whatever they start from: ``recipe``, the augmentation of their minibatches,
     importance sampling of the examples (``None``: shuffled passes), whether they count forgetting
-    events, the ``seed`` of their random streams and the runtime."""
+    events, and the runtime (whose seed names their random streams)."""
 
     recipe: SGDRecipe
     augment: DSA | None = None
-    seed: int = 0
     importance: ImportanceConfig | None = None
     track_forgetting: bool = False
     runtime: TrainingRuntime = PLAIN
@@ -130,7 +128,7 @@ def train_experts(
 ) -> ExpertSet:
     """Train one ``model_name`` expert from each row of ``start_states`` on ``real[pool]`` (all of it
     by default) as ``training`` says, skipping finished experts and resuming unfinished ones; expert i
-    of ``stage`` draws from the stream ``("experts", stage, i)`` of ``training.seed``. The experts of a
+    of ``stage`` draws from the stream ``("experts", stage, i)`` of the runtime. The experts of a
     process train one at a time (through ``torch.compile`` with the runtime's ``compile``), or stacked
     together when it is ``batched``. Returns the loaded :class:`ExpertSet`."""
     directory = Path(directory)
@@ -147,7 +145,7 @@ def train_experts(
             network_from(model_name, real.num_classes, real.image_shape, start_states[i].to(train_x.device))
             for i in group
         ]
-        streams = [stream(training.seed, "experts", stage, i) for i in group]
+        streams = [runtime.stream("experts", stage, i) for i in group]
         networks = as_networks(models, runtime.compile)
         ExpertGroup(directory, group, training).train(networks, train_x, real.labels, pool, streams)
     accelerator.wait_for_everyone()
@@ -199,12 +197,9 @@ def experts_for_stage(
     training = ExpertTraining(
         recipe,
         augment=ctx.augment,
-        seed=ctx.seed,
         importance=ctx.importance if ctx.real_sampling == "importance" else None,
         track_forgetting=track_forgetting and expert_stage == 1,
-        runtime=TrainingRuntime(
-            precision=ctx.precision, batched=ctx.batch_networks, compile=ctx.compile, progress=ctx.progress
-        ),
+        runtime=ctx.runtime,
     )
     return train_experts(
         ctx.layout.experts_dir(expert_stage),

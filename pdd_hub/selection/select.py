@@ -23,7 +23,6 @@ from pdd_hub.data import Preprocess, PreprocessedImages, RealData, default_cache
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import ConfigError
 from pdd_hub.registry import SELECTIONS
-from pdd_hub.rng import stream
 from pdd_hub.runtime import TrainingRuntime
 from pdd_hub.scoring import RealExamples, scoring_cache_key, train_scoring_networks
 from pdd_hub.selection.base import selection_indices, staged
@@ -70,12 +69,15 @@ def select_and_export(
 ) -> Path:
     """Rank every class's training images as ``selection`` says and export the top ones as its stages
     (stage k: the k-th block of ``ipc``). Features and forgetting scores come from ``scoring``
-    networks (default architecture ConvNet-D3), trained only if the method asks."""
+    networks (default architecture ConvNet-D3), trained only if the method asks; every random draw
+    comes from a stream of ``selection.seed``."""
     method, seed = selection.method, selection.seed
     selector = build_selector(method, selection.options)
     scoring = scoring or ScoringConfig()
-    examples = scored_examples(real, preprocess, scoring, seed, accelerator, progress)
-    generators = [stream(seed, "selection", method, c) for c in range(real.num_classes)]
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    runtime = TrainingRuntime(progress=progress, device=device, threads=torch.get_num_threads(), seed=seed)
+    examples = scored_examples(real, preprocess, scoring, runtime, accelerator)
+    generators = [runtime.stream("selection", method, c) for c in range(real.num_classes)]
     chosen = selection_indices(
         selector, examples.class_pools(), selection.num_stages * selection.ipc, generators
     )
@@ -95,24 +97,22 @@ def scored_examples(
     real: RealData,
     preprocess: Preprocess,
     scoring: ScoringConfig,
-    seed: int,
+    runtime: TrainingRuntime,
     accelerator: Accelerator | None,
-    progress: bool,
 ) -> RealExamples:
     """The training examples in ``preprocess``'s space, with the features and forgetting scores of
     ``scoring`` networks trained on first use, in the cache (under a key of the data, the
     preprocessing and the settings: a second selection on the same data trains nothing)."""
     scoring_model = scoring.model or DEFAULT_SCORING_MODEL
-    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    device = runtime.device
     train = ImageSet(
         PreprocessedImages(real.train.images.to(device), preprocess),
         real.train.labels.to(device),
         real.class_names,
         real.train.source_rows,
     )
-    key = scoring_cache_key(
-        real.source.fingerprint, preprocess.to_config(), real.train, scoring, model=scoring_model, seed=seed
-    )
+    source, settings = real.source.fingerprint, preprocess.to_config()
+    key = scoring_cache_key(source, settings, real.train, scoring, model=scoring_model, seed=runtime.seed)
 
     def train_networks():
         logger.info(
@@ -123,10 +123,9 @@ def scored_examples(
             train,
             scoring,
             model_name=scoring_model,
-            seed=seed,
             accelerator=accelerator or Accelerator(cpu=device.type == "cpu"),
             augment=build_augment("dsa"),
-            runtime=TrainingRuntime(progress=progress),
+            runtime=runtime,
         )
 
     return RealExamples(train, scoring_model, train_networks)
