@@ -153,3 +153,14 @@ def test_a_killed_run_with_retrained_networks_resumes_to_the_uninterrupted_resul
     resumed, straight = load_pdd(tmp_path / "killed" / "dataset"), load_pdd(out / "dataset")
     for a, b in zip(resumed.stages, straight.stages, strict=True):
         assert torch.equal(a.images, b.images)
+
+
+def test_each_method_ships_the_loss_network_source_its_ablation_rows_chose():
+    from pdd_hub.config import load_config, resolve_config
+
+    defaults = {
+        m: config_from_dict({"method": m}).method_config.networks.source for m in ("dm", "dsa", "dc", "idc")
+    }
+    assert defaults == {"dm": "random", "dsa": "random", "dc": "start_states", "idc": "start_states"}
+    for name in ("cifar10_dsa_cpu", "cifar10_dsa_ipc10", "quickstart_dsa", "cifar10_dm_cpu", "quickstart_dm"):
+        assert load_config(resolve_config(name)).method_config.networks.source == "random", name

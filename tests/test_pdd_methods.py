@@ -33,8 +33,15 @@ RUN = {
 }
 SECTIONS = {
     "dc": {"outer_loop": 2, "inner_loop": 2, "batch_real": 8, "batch_train": 8, "num_networks": 2},
-    "dsa": {"outer_loop": 2, "inner_loop": 2, "batch_real": 8, "batch_train": 8, "num_networks": 2},
-    # DM ships the random source; the start states are what this file checks for every method
+    # DSA and DM ship the random source; the start states are what this file checks for every method
+    "dsa": {
+        "outer_loop": 2,
+        "inner_loop": 2,
+        "batch_real": 8,
+        "batch_train": 8,
+        "num_networks": 2,
+        "networks": {"source": "start_states"},
+    },
     "dm": {"batch_real": 8, "num_networks": 2, "networks": {"source": "start_states"}},
     "idc": {"factor": 2, "inner_loop": 2, "batch_real": 8, "n_data": 16, "net_batch": 8, "num_networks": 2},
 }
