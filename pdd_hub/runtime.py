@@ -102,13 +102,17 @@ class TrainingRuntime:
     compile: bool = False
     progress: bool = False
     device: torch.device = CPU
-    threads: int | None = None  # None: whatever torch was set to
     seed: int = 0
+
+    @property
+    def threads(self) -> int:
+        """torch's intra-op threads: set once per process (:func:`configure_threads`), read, not copied."""
+        return torch.get_num_threads()
 
     @classmethod
     def for_run(cls, config: PDDConfig, accelerator: Accelerator) -> TrainingRuntime:
         """The runtime of a run of ``config`` on ``accelerator``'s device: the config's settings (networks
-        batched by default on accelerators) and the threads torch was set to (:func:`configure_threads`)."""
+        batched by default on accelerators) and its seed."""
         device, batched = accelerator.device, config.batch_networks
         batched = batch_networks_by_default(device) if batched is None else batched
         return cls(
@@ -117,7 +121,6 @@ class TrainingRuntime:
             compile=config.compile,
             progress=config.progress,
             device=device,
-            threads=torch.get_num_threads(),
             seed=config.seed,
         )
 

@@ -98,11 +98,10 @@ def load_real_data(
     validation split carved out of train. Model or image selection uses ``val``, never ``test``."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     splits = _load_dataset_dict(source, cache)
-    train_split = TRAIN_SPLIT
-    if train_split not in splits:
-        raise DatasetFormatError(f"dataset {source!r} has no {train_split!r} split; it has {sorted(splits)}")
+    if TRAIN_SPLIT not in splits:
+        raise DatasetFormatError(f"dataset {source!r} has no {TRAIN_SPLIT!r} split; it has {sorted(splits)}")
     if test_split is None:
-        test_split = next((s for s in TEST_SPLIT_CANDIDATES if s in splits and s != train_split), None)
+        test_split = next((s for s in TEST_SPLIT_CANDIDATES if s in splits and s != TRAIN_SPLIT), None)
         if test_split is None:
             raise DatasetFormatError(
                 f"dataset {source!r} has no test split (looked for {list(TEST_SPLIT_CANDIDATES)}; "
@@ -111,10 +110,10 @@ def load_real_data(
     elif test_split not in splits:
         raise DatasetFormatError(f"dataset {source!r} has no {test_split!r} split; it has {sorted(splits)}")
 
-    train_ds = splits[train_split]
+    train_ds = splits[TRAIN_SPLIT]
     image_column, label_column = detect_columns(train_ds, image_column, label_column, source)
     train = decode_split(train_ds, image_column, label_column, cache, image_size=image_size)
-    check_no_empty_class(train, f"split {train_split!r} of dataset {source!r}")
+    check_no_empty_class(train, f"split {TRAIN_SPLIT!r} of dataset {source!r}")
     test = decode_split(
         splits[test_split],
         image_column,
@@ -125,7 +124,7 @@ def load_real_data(
     )
     if test.image_shape != train.image_shape:
         raise DatasetFormatError(
-            f"split {test_split!r} has images of shape {test.image_shape}, but {train_split!r} has "
+            f"split {test_split!r} has images of shape {test.image_shape}, but {TRAIN_SPLIT!r} has "
             f"{train.image_shape}; set image_size to resize both"
         )
     train, val = stratified_split(train, val_per_class, seed)

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
 
 from pdd_hub.augment import build_augment
@@ -23,7 +22,7 @@ from pdd_hub.data import Preprocess, PreprocessedImages, RealData, default_cache
 from pdd_hub.data.images import ImageSet
 from pdd_hub.errors import ConfigError
 from pdd_hub.registry import SELECTIONS
-from pdd_hub.runtime import TrainingRuntime
+from pdd_hub.runtime import CPU, TrainingRuntime
 from pdd_hub.scoring import RealExamples, scoring_cache_key, train_scoring_networks
 from pdd_hub.selection.base import selection_indices, staged
 from pdd_hub.selection.export import export_selection
@@ -74,8 +73,8 @@ def select_and_export(
     method, seed = selection.method, selection.seed
     selector = build_selector(method, selection.options)
     scoring = scoring or ScoringConfig()
-    device = accelerator.device if accelerator is not None else torch.device("cpu")
-    runtime = TrainingRuntime(progress=progress, device=device, threads=torch.get_num_threads(), seed=seed)
+    device = accelerator.device if accelerator is not None else CPU
+    runtime = TrainingRuntime(progress=progress, device=device, seed=seed)
     examples = scored_examples(real, preprocess, scoring, runtime, accelerator)
     generators = [runtime.stream("selection", method, c) for c in range(real.num_classes)]
     chosen = selection_indices(
