@@ -42,17 +42,20 @@ class Comparison:
         )
 
 
-_CPU32 = "CIFAR-10 32 px, 5 x 2 IPC, ConvNet-D3, 3 seeds, CPU-sized budgets"
-_UNEQUAL = _CPU32 + ", 100 vs 500 updates per image"
-_CPU16 = (
-    "CIFAR-10 16 px from 500 images per class, 5 x 2 vs 1 x 10 IPC, ConvNet-D3, 3 seeds, 300 updates "
-    "per image on both sides, X alone at the better of 300 and 1500 epochs"
-)
+def _cpu16(updates: int) -> str:
+    """The issue-19 ablation protocol (benchmarks/ablation.py --protocol cpu) at ``updates`` per image."""
+    return (
+        f"CIFAR-10 16 px from 500 images per class, 5 x 2 vs 1 x 10 IPC, ConvNet-D3, 3 seeds, {updates} "
+        "updates per image on both sides, X alone at the better of 300 and 1500 epochs"
+    )
+
+
 MEASURED: dict[str, Comparison] = {
-    "mtt": Comparison("mtt", (45.24, 0.06), (44.05, 0.49), _CPU32 + ", PDD trained 5x longer", "issue 3"),
-    "idc": Comparison("idc", (46.73, 0.89), (47.43, 0.46), _UNEQUAL, "issue 7"),
-    "dm": Comparison("dm", (38.71, 0.57), (41.39, 0.42), _CPU16, "issue 19"),
-    "dsa": Comparison("dsa", (38.71, 0.63), (41.14, 0.64), _CPU16, "issue 19"),
+    "mtt": Comparison("mtt", (44.88, 0.60), (46.01, 0.29), _cpu16(100), "issue 19"),
+    "idc": Comparison("idc", (40.69, 0.27), (44.26, 0.14), _cpu16(100), "issue 19"),
+    "dm": Comparison("dm", (38.71, 0.57), (41.39, 0.42), _cpu16(300), "issue 19"),
+    "dsa": Comparison("dsa", (38.71, 0.63), (41.14, 0.64), _cpu16(100), "issue 19"),
+    "dc": Comparison("dc", (35.96, 0.44), (37.74, 0.40), _cpu16(100), "issue 19"),
 }
 
 

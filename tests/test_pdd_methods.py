@@ -32,8 +32,15 @@ RUN = {
     "eval": {"every": 2, "num_models": 1, "epochs": 3},
 }
 SECTIONS = {
-    "dc": {"outer_loop": 2, "inner_loop": 2, "batch_real": 8, "batch_train": 8, "num_networks": 2},
-    # DSA and DM ship the random source; the start states are what this file checks for every method
+    # DC, DSA and DM ship the random source; the start states are what this file checks for every method
+    "dc": {
+        "outer_loop": 2,
+        "inner_loop": 2,
+        "batch_real": 8,
+        "batch_train": 8,
+        "num_networks": 2,
+        "networks": {"source": "start_states"},
+    },
     "dsa": {
         "outer_loop": 2,
         "inner_loop": 2,
