@@ -31,25 +31,13 @@ RUN = {
     "transition": {"syn_epochs": 3},
     "eval": {"every": 2, "num_models": 1, "epochs": 3},
 }
+# DC, DSA and DM ship the random source; the start states are what this file checks for every method
+START_STATES = {"source": "start_states"}
+GRADIENT_MATCHING = {"outer_loop": 2, "inner_loop": 2, "batch_real": 8, "batch_train": 8, "num_networks": 2}
 SECTIONS = {
-    # DC, DSA and DM ship the random source; the start states are what this file checks for every method
-    "dc": {
-        "outer_loop": 2,
-        "inner_loop": 2,
-        "batch_real": 8,
-        "batch_train": 8,
-        "num_networks": 2,
-        "networks": {"source": "start_states"},
-    },
-    "dsa": {
-        "outer_loop": 2,
-        "inner_loop": 2,
-        "batch_real": 8,
-        "batch_train": 8,
-        "num_networks": 2,
-        "networks": {"source": "start_states"},
-    },
-    "dm": {"batch_real": 8, "num_networks": 2, "networks": {"source": "start_states"}},
+    "dc": {**GRADIENT_MATCHING, "networks": START_STATES},
+    "dsa": {**GRADIENT_MATCHING, "networks": START_STATES},
+    "dm": {"batch_real": 8, "num_networks": 2, "networks": START_STATES},
     "idc": {"factor": 2, "inner_loop": 2, "batch_real": 8, "n_data": 16, "net_batch": 8, "num_networks": 2},
 }
 
