@@ -14,6 +14,8 @@ varying one factor at a time:
   shipped one (for MTT, which draws no loss networks, the row ``pdd``) is evaluated with random real
   images at the same storage beside it;
 * ``<shipped>+budget=total``: the same total iterations split over the stages (N / P each);
+* ``alone+iterations=M`` and ``<shipped>+iterations=M``: both sides at ``longer`` times the
+  per-stage iterations (did the budget converge, and does the comparison move with it?);
 * ``<shipped>+init=sensitivity``, ``+importance`` (weighted), ``+importance=none`` (unweighted) and
   ``+forgetting=band``: the subset-selection features against the plain shipped row.
 
@@ -58,6 +60,7 @@ class Protocol:
     scoring: tuple[str, ...]  # overrides of the runs that train scoring networks
     select: tuple[str, ...] = ()  # `pdd-hub select` arguments of the selection rows (data, scoring)
     eval_args: tuple[str, ...] = ()  # extra `pdd-hub eval` arguments (e.g. the image size)
+    longer: int = 3  # the longer-budget rows: this many times the iterations, on both sides
 
 
 def cpu_protocol() -> Protocol:
@@ -175,7 +178,19 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
         rows.append(Row(method, "pdd", f"PDD + {method.upper()} as shipped", stages, {"E": E}, baseline=True))
     for key, (what, change) in variants(protocol).items():
         rows.append(Row(method, f"{base_key}+{key}", what, base + change, {"E": E}))
+    longer = iterations * p.longer
+    rows += [
+        Row(method, f"alone+iterations={longer}", f"{method.upper()} alone, {longer} iterations",
+            with_iterations(alone, longer), {"E": E, "PxE": p.num_stages * E}),
+        Row(method, f"{base_key}+iterations={longer}", f"{longer} iterations per stage",
+            with_iterations(base, longer), {"E": E}),
+    ]  # fmt: skip
     return rows
+
+
+def with_iterations(overrides: tuple[str, ...], iterations: int) -> tuple[str, ...]:
+    """``overrides`` with their per-stage iterations replaced (a longer budget on the same setting)."""
+    return tuple(f"iterations={iterations}" if o.startswith("iterations=") else o for o in overrides)
 
 
 def variants(protocol: Protocol) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -332,7 +347,7 @@ def method_table(method: str, protocol: Protocol, out: Path) -> list[str]:
             points = accuracies(folder / row.key / f"eval_{name}.json", model)
             if points is None:
                 continue
-            label = f"`{row.key}`" + (f" ({row.evals[name]} epochs)" if row.key == "alone" else "")
+            label = f"`{row.key}`" + (f" ({row.evals[name]} epochs)" if len(row.evals) > 1 else "")
             cells = [""] * (P - 1) + [cell(points[-1])] if len(points) == 1 else [cell(p) for p in points]
             lines.append(f"| {label} | {row.what} | " + " | ".join(cells) + " |")
     # the random real images depend only on storage and schedule: any PDD row's evaluation of them
@@ -345,14 +360,19 @@ def method_table(method: str, protocol: Protocol, out: Path) -> list[str]:
     return lines
 
 
-def verdict(method: str, protocol: Protocol, out: Path) -> str | None:
-    """PDD + X (as shipped) against the better of X alone's two evaluations, after the last stage."""
+def verdict(method: str, protocol: Protocol, out: Path, longer: bool = False) -> str | None:
+    """PDD + X (as shipped) against the better of X alone's two evaluations, after the last stage;
+    ``longer``: the same for the longer-budget pair of rows."""
     folder, model = out / protocol.name / method, protocol.model
     shipped = shipped_row(rows_of(method, protocol))
     if shipped is None:
         return None
-    pdd = accuracies(folder / shipped.key / "eval_E.json", model)
-    alone = [accuracies(folder / "alone" / f"eval_{n}.json", model) for n in ("E", "PxE")]
+    pdd_key, alone_key = shipped.key, "alone"
+    if longer:
+        suffix = f"+iterations={protocol.iterations[method] * protocol.longer}"
+        pdd_key, alone_key = pdd_key + suffix, alone_key + suffix
+    pdd = accuracies(folder / pdd_key / "eval_E.json", model)
+    alone = [accuracies(folder / alone_key / f"eval_{n}.json", model) for n in ("E", "PxE")]
     if pdd is None or any(a is None for a in alone):
         return None
     best = max((a[-1] for a in alone), key=lambda p: p[0])
@@ -360,8 +380,8 @@ def verdict(method: str, protocol: Protocol, out: Path) -> str | None:
     holds = "holds" if gain >= -best[1] else "does not hold"
     name = method.upper()
     return (
-        f"PDD + {name} as shipped (`{shipped.key}`) {cell(pdd[-1])} vs {name} alone {cell(best)} (the "
-        f"better of its two evaluations): {gain:+.2f} points; PDD + X >= X - 1 std {holds}."
+        f"PDD + {name} as shipped (`{pdd_key}`) {cell(pdd[-1])} vs {name} alone (`{alone_key}`) "
+        f"{cell(best)} (the better of its two evaluations): {gain:+.2f} points; PDD + X >= X - 1 std {holds}."
     )
 
 
@@ -374,8 +394,8 @@ def report(protocol: Protocol, methods: list[str], out: Path, target: Path) -> N
         if len(table) <= 2:
             continue
         parts += [f"#### {method.upper()}", "", *table, ""]
-        line = verdict(method, protocol, out)
-        parts += [line, ""] if line else []
+        lines = [verdict(method, protocol, out), verdict(method, protocol, out, longer=True)]
+        parts += [text for line in lines if line for text in (line, "")]
         shipped = shipped_row(rows_of(method, protocol))
         for key in (shipped.key, "alone") if shipped else ():
             curves = out / protocol.name / method / key / "validation_curves.png"
