@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pdd_hub.config import (
     PDDConfig,
@@ -25,6 +26,8 @@ def test_shipped_configs_are_valid(path):
     if config.method == "mtt":
         assert config.mtt.max_start_epoch + config.mtt.expert_epochs <= config.experts.epochs
     assert config.output_dir.endswith(path.stem)  # each config writes to its own folder
+    # issue 19: a shipped config states its budget rather than leaving it to a default
+    assert yaml.safe_load(path.read_text())["budget"] in ("per_stage", "total")
 
 
 def test_saved_configs_load_back_equal(tmp_path):
