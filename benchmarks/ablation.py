@@ -175,7 +175,8 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
             rows.append(Row(method, f"source={source}", what, stages + change, {"E": E}, baseline=shipped))
         base, base_key = (*stages, f"{method}.networks.source={shipped_source}"), f"source={shipped_source}"
     else:
-        rows.append(Row(method, "pdd", f"PDD + {method.upper()} as shipped", stages, {"E": E}, baseline=True))
+        what = f"PDD + {method.upper()}, shipped settings"
+        rows.append(Row(method, "pdd", what, stages, {"E": E}, baseline=True))
     for key, (what, change) in variants(protocol).items():
         rows.append(Row(method, f"{base_key}+{key}", what, base + change, {"E": E}))
     longer = iterations * p.longer
@@ -361,16 +362,16 @@ def method_table(method: str, protocol: Protocol, out: Path) -> list[str]:
 
 
 def verdict(method: str, protocol: Protocol, out: Path, longer: bool = False) -> str | None:
-    """PDD + X (as shipped) against the better of X alone's two evaluations, after the last stage;
+    """PDD + X (shipped settings) against the better of X alone's two evaluations, after the last stage;
     ``longer``: the same for the longer-budget pair of rows."""
     folder, model = out / protocol.name / method, protocol.model
     shipped = shipped_row(rows_of(method, protocol))
     if shipped is None:
         return None
-    pdd_key, alone_key = shipped.key, "alone"
+    pdd_key, alone_key, iterations = shipped.key, "alone", protocol.iterations[method]
     if longer:
-        suffix = f"+iterations={protocol.iterations[method] * protocol.longer}"
-        pdd_key, alone_key = pdd_key + suffix, alone_key + suffix
+        iterations *= protocol.longer
+        pdd_key, alone_key = f"{pdd_key}+iterations={iterations}", f"alone+iterations={iterations}"
     pdd = accuracies(folder / pdd_key / "eval_E.json", model)
     alone = [accuracies(folder / alone_key / f"eval_{n}.json", model) for n in ("E", "PxE")]
     if pdd is None or any(a is None for a in alone):
@@ -380,8 +381,9 @@ def verdict(method: str, protocol: Protocol, out: Path, longer: bool = False) ->
     holds = "holds" if gain >= -best[1] else "does not hold"
     name = method.upper()
     return (
-        f"PDD + {name} as shipped (`{pdd_key}`) {cell(pdd[-1])} vs {name} alone (`{alone_key}`) "
-        f"{cell(best)} (the better of its two evaluations): {gain:+.2f} points; PDD + X >= X - 1 std {holds}."
+        f"At {iterations} iterations per stage: PDD + {name} with the shipped settings (`{pdd_key}`) "
+        f"{cell(pdd[-1])} vs {name} alone (`{alone_key}`) {cell(best)} (the better of its two "
+        f"evaluations): {gain:+.2f} points; PDD + X >= X - 1 std {holds}."
     )
 
 
@@ -397,11 +399,12 @@ def report(protocol: Protocol, methods: list[str], out: Path, target: Path) -> N
         lines = [verdict(method, protocol, out), verdict(method, protocol, out, longer=True)]
         parts += [text for line in lines if line for text in (line, "")]
         shipped = shipped_row(rows_of(method, protocol))
-        for key in (shipped.key, "alone") if shipped else ():
+        longer = f"+iterations={protocol.iterations[method] * protocol.longer}"
+        for key in (shipped.key, "alone", shipped.key + longer, "alone" + longer) if shipped else ():
             curves = out / protocol.name / method / key / "validation_curves.png"
             if curves.exists():
                 figures.mkdir(parents=True, exist_ok=True)
-                name = f"{protocol.name}_{method}_{key.replace('=', '_')}.png"
+                name = f"{protocol.name}_{method}_{key.replace('=', '_').replace('+', '_')}.png"
                 shutil.copyfile(curves, figures / name)
                 parts += [f"![{method} {key}: validation accuracy per iteration](ablation/{name})", ""]
     begin, end = f"<!-- ablation:{protocol.name}:begin -->", f"<!-- ablation:{protocol.name}:end -->"

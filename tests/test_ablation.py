@@ -45,7 +45,7 @@ def test_the_tiny_ablation_runs_every_kind_of_row_and_reports_them(tmp_path):
     for row in ("`alone` (3 epochs)", "`alone` (6 epochs)", "`source=random`"):
         assert row in text
     assert "`source=random+importance`" in text and "random real" in text
-    assert "PDD + DM as shipped (`source=random`)" in text and "PDD + X >= X - 1 std" in text
+    assert "PDD + DM with the shipped settings (`source=random`)" in text and "PDD + X >= X - 1 std" in text
     assert (report.parent / "ablation" / "tiny_dm_source_random.png").stat().st_size > 1000
     folder = out / "tiny" / "dm" / "source=random+importance"
     schedule = json.loads((folder / "dataset" / "pdd_schedule.json").read_text())
