@@ -399,7 +399,7 @@ def report(protocol: Protocol, methods: list[str], out: Path, target: Path) -> N
         lines = [verdict(method, protocol, out), verdict(method, protocol, out, longer=True)]
         parts += [text for line in lines if line for text in (line, "")]
         shipped = shipped_row(rows_of(method, protocol))
-        longer = f"+iterations={protocol.iterations[method] * protocol.longer}"
+        longer = f"+iterations={protocol.iterations.get(method, 0) * protocol.longer}"
         for key in (shipped.key, "alone", shipped.key + longer, "alone" + longer) if shipped else ():
             curves = out / protocol.name / method / key / "validation_curves.png"
             if curves.exists():

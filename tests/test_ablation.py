@@ -81,3 +81,16 @@ def test_every_row_of_every_method_is_a_command_the_cli_takes(protocol, tmp_path
                 assert parse_recipe_args(command[1:]).output_dir == str(folder)
             for name, epochs in row.evals.items():
                 build_parser().parse_args(ablation.eval_command(row, setup, folder, name, epochs)[3:])
+
+
+def test_the_report_of_methods_and_selection_rows_without_runs_keeps_the_file(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import ablation
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# Results\n")
+    argv = ["--protocol", "cpu", "--only", "mtt,dm,select", "--out", str(tmp_path / "runs")]
+    assert ablation.main([*argv, "--report", str(report), "--no-run"]) == 0
+    assert report.read_text() == "# Results\n\n<!-- ablation:cpu:begin -->\n\n<!-- ablation:cpu:end -->\n"
