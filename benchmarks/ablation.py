@@ -179,7 +179,7 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
         rows.append(Row(method, "pdd", what, stages, {"E": E}, baseline=True))
     for key, (what, change) in variants(protocol).items():
         rows.append(Row(method, f"{base_key}+{key}", what, base + change, {"E": E}))
-    longer = iterations * p.longer
+    longer = longer_iterations(method, p)
     rows += [
         Row(method, f"alone+iterations={longer}", f"{method.upper()} alone, {longer} iterations",
             with_iterations(alone, longer), {"E": E, "PxE": p.num_stages * E}),
@@ -187,6 +187,11 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
             with_iterations(base, longer), {"E": E}),
     ]  # fmt: skip
     return rows
+
+
+def longer_iterations(method: str, protocol: Protocol) -> int:
+    """Per-stage iterations of the longer-budget rows (their keys end in ``+iterations=N``)."""
+    return protocol.iterations[method] * protocol.longer
 
 
 def with_iterations(overrides: tuple[str, ...], iterations: int) -> tuple[str, ...]:
@@ -370,7 +375,7 @@ def verdict(method: str, protocol: Protocol, out: Path, longer: bool = False) ->
         return None
     pdd_key, alone_key, iterations = shipped.key, "alone", protocol.iterations[method]
     if longer:
-        iterations *= protocol.longer
+        iterations = longer_iterations(method, protocol)
         pdd_key, alone_key = f"{pdd_key}+iterations={iterations}", f"alone+iterations={iterations}"
     pdd = accuracies(folder / pdd_key / "eval_E.json", model)
     alone = [accuracies(folder / alone_key / f"eval_{n}.json", model) for n in ("E", "PxE")]
@@ -399,7 +404,7 @@ def report(protocol: Protocol, methods: list[str], out: Path, target: Path) -> N
         lines = [verdict(method, protocol, out), verdict(method, protocol, out, longer=True)]
         parts += [text for line in lines if line for text in (line, "")]
         shipped = shipped_row(rows_of(method, protocol))
-        longer = f"+iterations={protocol.iterations.get(method, 0) * protocol.longer}"
+        longer = f"+iterations={longer_iterations(method, protocol)}" if shipped else ""
         for key in (shipped.key, "alone", shipped.key + longer, "alone" + longer) if shipped else ():
             curves = out / protocol.name / method / key / "validation_curves.png"
             if curves.exists():

@@ -30,6 +30,16 @@ def ablation(out: Path, report: Path, *extra: str) -> subprocess.CompletedProces
     return subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=1200)
 
 
+def import_ablation():
+    """The benchmark script as a module (it lives outside the package)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import ablation
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return ablation
+
+
 @pytest.mark.slow
 def test_the_tiny_ablation_runs_every_kind_of_row_and_reports_them(tmp_path):
     out, report = tmp_path / "runs", tmp_path / "docs" / "RESULTS.md"
@@ -61,11 +71,7 @@ def test_the_tiny_ablation_runs_every_kind_of_row_and_reports_them(tmp_path):
 
 @pytest.mark.parametrize("protocol", ["tiny", "cpu"])
 def test_every_row_of_every_method_is_a_command_the_cli_takes(protocol, tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import ablation
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    ablation = import_ablation()
     from pdd_hub.cli import build_parser
     from pdd_hub.config import parse_recipe_args
 
@@ -84,11 +90,7 @@ def test_every_row_of_every_method_is_a_command_the_cli_takes(protocol, tmp_path
 
 
 def test_the_report_of_methods_and_selection_rows_without_runs_keeps_the_file(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import ablation
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    ablation = import_ablation()
     report = tmp_path / "RESULTS.md"
     report.write_text("# Results\n")
     argv = ["--protocol", "cpu", "--only", "mtt,dm,select", "--out", str(tmp_path / "runs")]
