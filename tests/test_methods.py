@@ -10,6 +10,7 @@ from accelerate import Accelerator
 
 from pdd_hub.config import config_from_dict
 from pdd_hub.data.images import ImageSet
+from pdd_hub.data.transforms import Preprocess
 from pdd_hub.methods import build_distiller
 from pdd_hub.methods.base import StageContext
 from pdd_hub.params import build_network, flat_params, network_from
@@ -116,6 +117,33 @@ def test_idc_loss_is_the_mse_of_conv_weight_gradients_on_decoded_images(tmp_path
     (grad,) = torch.autograd.grad(loss, stored)
     (ref_grad,) = torch.autograd.grad(reference, stored)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-9)
+
+
+def test_idc_steps_normalised_images_as_the_official_code_steps_pixels(tmp_path):
+    """IDC's lr_img is in [0, 1] pixels (its images live there); pdd-hub's live in (x - mean) / std. An
+    SGD step on pdd-hub's gradient must move the images as the step of the same lr on the pixels does."""
+    distiller, ctx = make("idc", tmp_path, batch_real=PER_CLASS, max_syn=1000, augment="none", factor=2)
+    mean, std = 0.4, 0.25
+    ctx.preprocess = Preprocess(torch.tensor([mean]), torch.tensor([std]))
+    distiller.begin_stage(ctx)
+    stored, labels = synthetic(1)
+    decoded_labels = distiller.decode_labels(labels)
+    loss = distiller.loss(distiller.decode(stored), decoded_labels)
+    (grad,) = torch.autograd.grad(loss, stored)
+
+    pixels = (stored.detach() * std + mean).requires_grad_(True)  # the official code's parameter
+    decoded = distiller.decode((pixels - mean) / std)
+
+    def mse(a, b):
+        return (a - b).pow(2).sum()
+
+    reference = brute_gradient_matching(ctx, decoded, decoded_labels, mse, keep=lambda p: p.ndim == 4)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-7)
+    (pixel_grad,) = torch.autograd.grad(reference, pixels)
+    lr = 5e-3
+    stepped, stepped_pixels = stored.detach() - lr * grad, pixels.detach() - lr * pixel_grad
+    torch.testing.assert_close(stepped * std + mean, stepped_pixels, rtol=1e-5, atol=1e-7)
+    assert (stepped - stored).abs().max() > 1e-4  # the step is not negligible
 
 
 def test_dm_loss_is_the_squared_distance_of_class_mean_embeddings(tmp_path):

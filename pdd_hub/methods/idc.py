@@ -9,7 +9,10 @@ network's loss on ``batch_real`` real images of c and on (at most ``max_syn`` of
 synthetic images of c, both augmented by one draw of ``augment`` applied to them together, are
 compared on the conv weights (``mse``); the summed distance updates the stored images; then the
 network trains on ``n_data`` real examples (SGD, per-example DSA and CutMix) before the next
-comparison. Images are clamped to the pixel range once per network. One iteration of the driver is
+comparison. Images are clamped to the pixel range once per network. IDC steps its images in [0, 1]
+pixels while pdd-hub keeps them in the preprocessed space ``(x - mean) / std``, where the same step is
+``lr_img x gradient / std**2``: the loss scales the gradient reaching the images per channel by
+``1 / std**2`` (:func:`pixel_space_step`), so ``lr_img`` keeps IDC's value. One iteration of the driver is
 one comparison (the official code steps per class; the classes' images are disjoint, so one step on
 the summed loss gives each image the same gradient), so the official ``niter`` networks of 100 steps
 is ``iterations = 100 * niter``.
@@ -56,7 +59,8 @@ class IDCConfig(MethodConfig):
     networks trained on real data."""
 
     factor: int = positive(2)  # stored image = factor x factor downsampled images
-    lr_img: float | None = positive(None)  # default: 5e-3 x ipc_per_stage / 10 (official scaling)
+    # in [0, 1] pixel units, as IDC's; default 5e-3 x ipc_per_stage / 10 (PDD's tune_lr_img scaling)
+    lr_img: float | None = positive(None)
     momentum: float = non_negative(0.5)  # of the image optimiser
     inner_loop: int = positive(100)  # comparisons (iterations) per network
     batch_real: int = positive(64)  # real images per class per comparison
@@ -106,6 +110,27 @@ class IDCConfig(MethodConfig):
                 f"config key 'idc.factor' = {self.factor} does not divide the image size {height}x{width}: "
                 "a stored image is cut into factor x factor equal tiles; choose a divisor of the size"
             )
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity whose backward multiplies the gradient by ``scale`` (broadcast)."""
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return images.view_as(images)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def pixel_space_step(images: torch.Tensor, inverse_variance: torch.Tensor) -> torch.Tensor:
+    """``images`` unchanged, their gradient times ``inverse_variance`` (``[1, C, 1, 1]``, 1 / std**2):
+    for images in the preprocessed space ``(x - mean) / std``, an SGD step (momentum included) of
+    ``lr`` on that gradient moves them exactly as a step of ``lr`` on the pixels ``x`` would."""
+    return _ScaleGradient.apply(images, inverse_variance)
 
 
 @register_method("idc", IDCConfig)
@@ -183,6 +208,9 @@ class IDC(Distiller):
         else:
             self.train_on_real()
         self.step_in_network = (self.step_in_network + 1) % self.config.inner_loop
+        if self.bounds is not None:  # images normalised without ZCA: step them as IDC does, in pixels
+            std = self.ctx.preprocess.std.to(images.device).view(1, -1, 1, 1)
+            images = pixel_space_step(images, std**-2)
         return self.matching_loss(images, labels)
 
     def matching_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
