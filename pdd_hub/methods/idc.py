@@ -181,6 +181,7 @@ class IDC(Distiller):
         self.net_optimizer = self._network_optimizer()
         self.step_in_network, self.draws = 0, 0
         self.bounds = self._pixel_bounds(ctx)
+        self.pixel_step_scale = self._pixel_step_scale(ctx)
         if self.config.network_pool == "experts":
             self.experts = experts_for_stage(ctx, self.run.experts, later_epochs=self.config.pool_last_epoch)
 
@@ -208,9 +209,8 @@ class IDC(Distiller):
         else:
             self.train_on_real()
         self.step_in_network = (self.step_in_network + 1) % self.config.inner_loop
-        if self.bounds is not None:  # images normalised without ZCA: step them as IDC does, in pixels
-            std = self.ctx.preprocess.std.to(images.device).view(1, -1, 1, 1)
-            images = pixel_space_step(images, std**-2)
+        if self.pixel_step_scale is not None:
+            images = pixel_space_step(images, self.pixel_step_scale)
         return self.matching_loss(images, labels)
 
     def matching_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -280,6 +280,15 @@ class IDC(Distiller):
             return None
         low, high = (pre.normalize(torch.full((1, len(pre.mean), 1, 1), v)) for v in (0.0, 1.0))
         return low, high
+
+    @staticmethod
+    def _pixel_step_scale(ctx: StageContext) -> torch.Tensor | None:
+        """1 / std**2 per channel (``[1, C, 1, 1]``, on the real images' device), which steps the
+        normalised images as IDC steps pixels; None where there is no per-channel map to pixels (ZCA)."""
+        pre = ctx.preprocess
+        if pre is None or pre.zca is not None:
+            return None
+        return (pre.std.view(1, -1, 1, 1) ** -2).to(ctx.real.images.device)
 
     # --- resumption -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
