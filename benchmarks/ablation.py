@@ -21,8 +21,11 @@ varying one factor at a time:
 
 Every distillation is a ``pdd-hub distill`` run in ``OUT/PROTOCOL/X/ROW`` (re-running resumes it from
 its checkpoints), every evaluation a ``pdd-hub eval`` whose JSON is kept (a finished one is skipped,
-an interrupted one reuses its finished seeds). ``--report FILE`` writes the tables and each
-method's validation curves between the markers ``<!-- ablation:PROTOCOL:begin/end -->`` of FILE.
+an interrupted one reuses its finished seeds). A finished row's results (its evaluations' summaries,
+validation curves and wall times) are kept as one small JSON in ``--records``
+(``benchmarks/results/PROTOCOL/X/ROW.json``, committed), so the report does not depend on the run
+folders surviving. ``--report FILE`` writes the tables and each method's validation curves, from
+those records, between the markers ``<!-- ablation:PROTOCOL:begin/end -->`` of FILE.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "benchmarks" / "results"
 SOURCES = ("start_states", "random", "perturbed", "retrained", "mixed")
 NETWORK_METHODS = ("dm", "dc", "dsa", "idc")  # the methods whose loss draws networks
 
@@ -310,8 +313,11 @@ def shipped_source(method: str, protocol: Protocol) -> str:
     return config.method_config.networks.source
 
 
-def run_all(protocol: Protocol, methods: list[str], out: Path, jobs: int, keys: set[str] | None) -> None:
-    """Every row of ``methods`` (those named in ``keys``, if given), ``jobs`` at a time."""
+def run_all(
+    protocol: Protocol, methods: list[str], out: Path, records: Path, jobs: int, keys: set[str] | None
+) -> None:
+    """Every row of ``methods`` (those named in ``keys``, if given), ``jobs`` at a time; each finished
+    row's record is written as soon as it finishes."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     rows = [r for m in methods for r in rows_of(m, protocol) if keys is None or r.key in keys]
     print(f"{len(rows)} rows, {jobs} at a time, {threads} thread(s) each", flush=True)
@@ -320,6 +326,7 @@ def run_all(protocol: Protocol, methods: list[str], out: Path, jobs: int, keys: 
         start = time.perf_counter()
         try:
             run_row(row, protocol, out, threads)
+            keep_record(row, protocol, out, records)
             print(f"done {row.method}/{row.key} ({time.perf_counter() - start:.0f} s)", flush=True)
         except RuntimeError as exc:
             print(f"FAILED {row.method}/{row.key}: {exc}", flush=True)
@@ -328,12 +335,64 @@ def run_all(protocol: Protocol, methods: list[str], out: Path, jobs: int, keys: 
         list(pool.map(one, rows))
 
 
-# --- the report ------------------------------------------------------------------------------------
-def accuracies(path: Path, model: str, tag: str = "") -> list[tuple[float, float]] | None:
-    """(mean, std) in % after each phase for ``model`` (+ ``tag``) from an eval JSON, if present."""
-    if not path.exists():
+# --- the records ---------------------------------------------------------------------------------
+def record_path(records: Path, protocol: Protocol, row: Row) -> Path:
+    return records / protocol.name / row.method / f"{row.key}.json"
+
+
+def stage_curves(folder: Path) -> dict[str, list[list[float]]]:
+    """Each finished stage's validation accuracy per iteration, from the run's stage records."""
+    stages = sorted((folder / "stages").glob("stage_*.json"), key=lambda f: int(f.stem.split("_")[1]))
+    curves = {}
+    for path in stages:
+        history = json.loads(path.read_text()).get("history", [])
+        curves[path.stem.replace("_", " ")] = [[h["iteration"], h["val_acc"]] for h in history]
+    return curves
+
+
+def git_commit() -> str:
+    command = ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
+def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path | None:
+    """Write the row's record once every evaluation of its run folder has finished (else nothing):
+    the evaluations' summaries, the validation curves, the wall times and the commit of the script
+    that recorded them. An existing record with the same results is left as it is."""
+    folder = out / protocol.name / row.method / row.key
+    paths = {name: folder / f"eval_{name}.json" for name in row.evals}
+    if not all(path.exists() for path in paths.values()):
         return None
-    summary = json.loads(path.read_text())["summary"].get(model + tag)
+    timing = folder / "timing.json"
+    record = {
+        "row": row.key,
+        "what": row.what,
+        "overrides": list(row.overrides),
+        "evals": {name: json.loads(path.read_text())["summary"] for name, path in paths.items()},
+        "validation_curves": stage_curves(folder),
+        "seconds": json.loads(timing.read_text()) if timing.exists() else {},
+        "recorded_by": git_commit(),
+        "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+    target = record_path(records, protocol, row)
+    old = json.loads(target.read_text()) if target.exists() else {}
+    if all(old.get(key) == record[key] for key in ("evals", "validation_curves", "seconds")):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=1) + "\n")
+    return target
+
+
+def load_record(records: Path, protocol: Protocol, row: Row) -> dict | None:
+    path = record_path(records, protocol, row)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# --- the report ------------------------------------------------------------------------------------
+def accuracies(record: dict | None, name: str, model: str, tag: str = "") -> list[tuple[float, float]] | None:
+    """(mean, std) in % after each phase for ``model`` (+ ``tag``) in evaluation ``name``, if recorded."""
+    summary = (record or {}).get("evals", {}).get(name, {}).get(model + tag)
     return None if summary is None else [(100 * p["mean"], 100 * p["std"]) for p in summary]
 
 
@@ -341,16 +400,16 @@ def cell(point: tuple[float, float] | None) -> str:
     return "" if point is None else f"{point[0]:.2f} ± {point[1]:.2f}"
 
 
-def method_table(method: str, protocol: Protocol, out: Path) -> list[str]:
-    """The markdown table of one method: per-stage accuracy of every row that has results."""
+def method_table(method: str, protocol: Protocol, records: Path) -> list[str]:
+    """The markdown table of one method: per-stage accuracy of every row that has a record."""
     P, model = protocol.num_stages, protocol.model
-    folder = out / protocol.name / method
     phases = ["stage_1", *(f"stage_1..{k}" for k in range(2, P + 1))]
     lines = ["| row | what differs | " + " | ".join(phases) + " |", "|---|---|" + "---|" * P]
     rows = rows_of(method, protocol)
     for row in rows:
+        record = load_record(records, protocol, row)
         for name in row.evals:
-            points = accuracies(folder / row.key / f"eval_{name}.json", model)
+            points = accuracies(record, name, model)
             if points is None:
                 continue
             label = f"`{row.key}`" + (f" ({row.evals[name]} epochs)" if len(row.evals) > 1 else "")
@@ -358,7 +417,7 @@ def method_table(method: str, protocol: Protocol, out: Path) -> list[str]:
             lines.append(f"| {label} | {row.what} | " + " | ".join(cells) + " |")
     # the random real images depend only on storage and schedule: any PDD row's evaluation of them
     for row in sorted(rows, key=lambda r: not r.baseline):
-        random = accuracies(folder / row.key / "eval_E.json", model, " [random real]")
+        random = accuracies(load_record(records, protocol, row), "E", model, " [random real]")
         if random:
             what = f"same storage and schedule (evaluated with `{row.key}`)"
             lines.append(f"| random real | {what} | " + " | ".join(map(cell, random)) + " |")
@@ -366,19 +425,20 @@ def method_table(method: str, protocol: Protocol, out: Path) -> list[str]:
     return lines
 
 
-def verdict(method: str, protocol: Protocol, out: Path, longer: bool = False) -> str | None:
+def verdict(method: str, protocol: Protocol, records: Path, longer: bool = False) -> str | None:
     """PDD + X (shipped settings) against the better of X alone's two evaluations, after the last stage;
     ``longer``: the same for the longer-budget pair of rows."""
-    folder, model = out / protocol.name / method, protocol.model
-    shipped = shipped_row(rows_of(method, protocol))
+    rows = {row.key: row for row in rows_of(method, protocol)}
+    shipped = shipped_row(list(rows.values()))
     if shipped is None:
         return None
     pdd_key, alone_key, iterations = shipped.key, "alone", protocol.iterations[method]
     if longer:
         iterations = longer_iterations(method, protocol)
         pdd_key, alone_key = f"{pdd_key}+iterations={iterations}", f"alone+iterations={iterations}"
-    pdd = accuracies(folder / pdd_key / "eval_E.json", model)
-    alone = [accuracies(folder / alone_key / f"eval_{n}.json", model) for n in ("E", "PxE")]
+    pdd = accuracies(load_record(records, protocol, rows[pdd_key]), "E", protocol.model)
+    alone_record = load_record(records, protocol, rows[alone_key])
+    alone = [accuracies(alone_record, name, protocol.model) for name in ("E", "PxE")]
     if pdd is None or any(a is None for a in alone):
         return None
     best = max((a[-1] for a in alone), key=lambda p: p[0])
@@ -392,26 +452,40 @@ def verdict(method: str, protocol: Protocol, out: Path, longer: bool = False) ->
     )
 
 
-def report(protocol: Protocol, methods: list[str], out: Path, target: Path) -> None:
+def curve_figure(method: str, protocol: Protocol, records: Path, key: str, figures: Path) -> str | None:
+    """The markdown image of a row's validation curves, drawn from its record (a record without curves
+    keeps the figure already in ``figures``, if any)."""
+    from pdd_hub.viz import plot_validation_curves
+
+    row = next((r for r in rows_of(method, protocol) if r.key == key), None)
+    record = load_record(records, protocol, row) if row else None
+    name = f"{protocol.name}_{method}_{key.replace('=', '_').replace('+', '_')}.png"
+    curves = (record or {}).get("validation_curves")
+    if curves:
+        figures.mkdir(parents=True, exist_ok=True)
+        title = f"{method.upper()} `{key}`: validation accuracy while distilling"
+        plot_validation_curves({stage: [tuple(p) for p in points] for stage, points in curves.items()},
+                               figures / name, title=title)  # fmt: skip
+    elif record is None or not (figures / name).exists():
+        return None
+    return f"![{method} {key}: validation accuracy per iteration](ablation/{name})"
+
+
+def report(protocol: Protocol, methods: list[str], records: Path, target: Path) -> None:
     """Write every method's table, verdict and validation curves into ``target`` between markers."""
-    figures = target.parent / "ablation"
     parts = []
     for method in methods:
-        table = method_table(method, protocol, out)
+        table = method_table(method, protocol, records)
         if len(table) <= 2:
             continue
         parts += [f"#### {method.upper()}", "", *table, ""]
-        lines = [verdict(method, protocol, out), verdict(method, protocol, out, longer=True)]
+        lines = [verdict(method, protocol, records), verdict(method, protocol, records, longer=True)]
         parts += [text for line in lines if line for text in (line, "")]
         shipped = shipped_row(rows_of(method, protocol))
         longer = f"+iterations={longer_iterations(method, protocol)}" if shipped else ""
         for key in (shipped.key, "alone", shipped.key + longer, "alone" + longer) if shipped else ():
-            curves = out / protocol.name / method / key / "validation_curves.png"
-            if curves.exists():
-                figures.mkdir(parents=True, exist_ok=True)
-                name = f"{protocol.name}_{method}_{key.replace('=', '_').replace('+', '_')}.png"
-                shutil.copyfile(curves, figures / name)
-                parts += [f"![{method} {key}: validation accuracy per iteration](ablation/{name})", ""]
+            figure = curve_figure(method, protocol, records, key, target.parent / "ablation")
+            parts += [figure, ""] if figure else []
     begin, end = f"<!-- ablation:{protocol.name}:begin -->", f"<!-- ablation:{protocol.name}:end -->"
     text = target.read_text() if target.exists() else ""
     block = "\n".join([begin, "", *parts, end])
@@ -430,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated methods and/or select (default: all)")
     parser.add_argument("--rows", default=None, help="comma-separated row keys (default: all)")
     parser.add_argument("--out", default="runs/ablation", help="where runs and evaluations are kept")
+    parser.add_argument("--records", default=str(RECORDS), help="where each finished row's record is kept")
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once (threads are split)")
     parser.add_argument("--report", default=None, help="write the tables into this markdown file")
     parser.add_argument("--no-run", action="store_true", help="only the report, from what exists")
@@ -440,11 +515,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(known))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {known}")
-    out = Path(args.out)
+    out, records = Path(args.out), Path(args.records)
     if not args.no_run:
-        run_all(protocol, methods, out, args.jobs, set(args.rows.split(",")) if args.rows else None)
+        run_all(protocol, methods, out, records, args.jobs, set(args.rows.split(",")) if args.rows else None)
     if args.report:
-        report(protocol, methods, out, Path(args.report))
+        for row in (r for m in methods for r in rows_of(m, protocol)):  # runs finished by an older script
+            keep_record(row, protocol, out, records)
+        report(protocol, methods, records, Path(args.report))
     return 0
 
 

@@ -1,10 +1,12 @@
 """Issue 19's ablation command at its tiny settings: its rows run through the real CLI (distil, then
 eval), the report holds the tables, the verdict and the validation curves, a second call reuses every
-cached run, and every command it would run parses as the CLI takes it."""
+cached run, the report is rebuilt from the kept records alone once the run folders are gone, and
+every command it would run parses as the CLI takes it."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +20,9 @@ ROWS = "alone,source=random,source=random+importance"
 
 
 def ablation(out: Path, report: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks" / "ablation.py"),
-        "--protocol",
-        "tiny",
-        "--out",
-        str(out),
-    ]
+    records = report.parent.parent / "records"
+    command = [sys.executable, str(REPO / "benchmarks" / "ablation.py"), "--protocol", "tiny"]
+    command += ["--out", str(out), "--records", str(records)]
     command += ["--only", "dm", "--rows", ROWS, "--report", str(report), *extra]
     return subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, cwd=REPO, timeout=1200)
 
@@ -68,6 +65,14 @@ def test_the_tiny_ablation_runs_every_kind_of_row_and_reports_them(tmp_path):
     rerun = ablation(out, report)
     assert rerun.returncode == 0 and (folder / "eval_E.json").stat().st_mtime_ns == evaluated
 
+    record = json.loads((tmp_path / "records" / "tiny" / "dm" / "source=random+importance.json").read_text())
+    summary = json.loads((folder / "eval_E.json").read_text())["summary"]
+    assert record["evals"]["E"] == summary and list(record["validation_curves"]) == ["stage 1", "stage 2"]
+    shutil.rmtree(out)  # the machine that ran the rows is gone: the records still make the report
+    (report.parent / "ablation" / "tiny_dm_source_random.png").unlink()
+    assert ablation(out, report, "--no-run").returncode == 0 and report.read_text() == text
+    assert (report.parent / "ablation" / "tiny_dm_source_random.png").stat().st_size > 1000
+
 
 @pytest.mark.parametrize("protocol", ["tiny", "cpu"])
 def test_every_row_of_every_method_is_a_command_the_cli_takes(protocol, tmp_path):
@@ -94,5 +99,6 @@ def test_the_report_of_methods_and_selection_rows_without_runs_keeps_the_file(tm
     report = tmp_path / "RESULTS.md"
     report.write_text("# Results\n")
     argv = ["--protocol", "cpu", "--only", "mtt,dm,select", "--out", str(tmp_path / "runs")]
+    argv += ["--records", str(tmp_path / "records")]
     assert ablation.main([*argv, "--report", str(report), "--no-run"]) == 0
     assert report.read_text() == "# Results\n\n<!-- ablation:cpu:begin -->\n\n<!-- ablation:cpu:end -->\n"
