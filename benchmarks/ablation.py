@@ -293,13 +293,13 @@ def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
     if not (folder / "distilled").exists():
         make = select_command if row.selection else distill_command
         seconds["distill"] = seconds.get("distill", 0) + run_logged(make(row, protocol, folder), log, threads)
+        timing.write_text(json.dumps(seconds, indent=1))  # before the evaluations: one may be killed
         (folder / "distilled").touch()
     for name, epochs in row.evals.items():
         if not (folder / f"eval_{name}.json").exists():
             command = eval_command(row, protocol, folder, name, epochs)
             seconds[f"eval_{name}"] = run_logged(command, log, threads)
-        timing.write_text(json.dumps(seconds, indent=1))
-    timing.write_text(json.dumps(seconds, indent=1))
+            timing.write_text(json.dumps(seconds, indent=1))
     return folder
 
 
