@@ -358,18 +358,20 @@ def git_commit() -> str:
 
 def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path | None:
     """Write the row's record once every evaluation of its run folder has finished (else nothing):
-    the evaluations' summaries, the validation curves, the wall times and the commit of the script
-    that recorded them. An existing record with the same results is left as it is."""
+    the evaluations' summaries and per-seed accuracies, the validation curves, the wall times and the
+    commit of the script that recorded them. An existing record with the same results is left as is."""
     folder = out / protocol.name / row.method / row.key
     paths = {name: folder / f"eval_{name}.json" for name in row.evals}
     if not all(path.exists() for path in paths.values()):
         return None
+    evals = {name: json.loads(path.read_text()) for name, path in paths.items()}
     timing = folder / "timing.json"
     record = {
         "row": row.key,
         "what": row.what,
         "overrides": list(row.overrides),
-        "evals": {name: json.loads(path.read_text())["summary"] for name, path in paths.items()},
+        "evals": {name: report["summary"] for name, report in evals.items()},
+        "per_seed": {name: report["accuracy"] for name, report in evals.items()},
         "validation_curves": stage_curves(folder),
         "seconds": json.loads(timing.read_text()) if timing.exists() else {},
         "recorded_by": git_commit(),
