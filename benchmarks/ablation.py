@@ -31,6 +31,7 @@ those records, between the markers ``<!-- ablation:PROTOCOL:begin/end -->`` of F
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -375,6 +376,7 @@ def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path 
         "validation_curves": stage_curves(folder),
         "seconds": json.loads(timing.read_text()) if timing.exists() else {},
         "recorded_by": git_commit(),
+        "torch": importlib.metadata.version("torch"),  # the recording environment's: numerics vary by version
         "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     target = record_path(records, protocol, row)
