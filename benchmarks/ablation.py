@@ -467,7 +467,7 @@ def curve_figure(method: str, protocol: Protocol, records: Path, key: str, figur
     curves = (record or {}).get("validation_curves")
     if curves:
         figures.mkdir(parents=True, exist_ok=True)
-        title = f"{method.upper()} `{key}`: validation accuracy while distilling"
+        title = f"{method.upper()} `{key}`\nvalidation accuracy while distilling"
         plot_validation_curves({stage: [tuple(p) for p in points] for stage, points in curves.items()},
                                figures / name, title=title)  # fmt: skip
     elif record is None or not (figures / name).exists():
