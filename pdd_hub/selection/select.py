@@ -114,11 +114,13 @@ def scored_examples(
     key = scoring_cache_key(source, settings, real.train, scoring, model=scoring_model, seed=runtime.seed)
 
     def train_networks():
-        logger.info(
-            "training %d scoring networks (%d epochs) on %d images", scoring.runs, scoring.epochs, len(train)
-        )
+        folder = default_cache_dir() / "scoring" / key
+        logger.info(  # a cached set is read, not retrained: say which one
+            "scoring networks: %d x %d epochs on %d images (%s %s)", scoring.runs, scoring.epochs, len(train),
+            "reused or resumed from" if folder.exists() else "training into", folder,
+        )  # fmt: skip
         return train_scoring_networks(
-            default_cache_dir() / "scoring" / key,
+            folder,
             train,
             scoring,
             model_name=scoring_model,
