@@ -361,6 +361,8 @@ def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path 
     """Write the row's record once every evaluation of its run folder has finished (else nothing):
     the evaluations' summaries and per-seed accuracies, the validation curves, the wall times and the
     commit of the script that recorded them. An existing record with the same results is left as is."""
+    from pdd_hub.io import save_json
+
     folder = out / protocol.name / row.method / row.key
     paths = {name: folder / f"eval_{name}.json" for name in row.evals}
     if not all(path.exists() for path in paths.values()):
@@ -384,8 +386,7 @@ def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path 
     if all(old.get(key) == record[key] for key in ("evals", "validation_curves", "seconds")):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(record, indent=1) + "\n")
-    return target
+    return save_json(record, target, strict=True)  # atomic: a killed write leaves the old record
 
 
 def load_record(records: Path, protocol: Protocol, row: Row) -> dict | None:
@@ -404,16 +405,14 @@ def cell(point: tuple[float, float] | None) -> str:
     return "" if point is None else f"{point[0]:.2f} ± {point[1]:.2f}"
 
 
-def method_table(method: str, protocol: Protocol, records: Path) -> list[str]:
+def method_table(rows: list[Row], found: dict[str, dict], protocol: Protocol) -> list[str]:
     """The markdown table of one method: per-stage accuracy of every row that has a record."""
     P, model = protocol.num_stages, protocol.model
     phases = ["stage_1", *(f"stage_1..{k}" for k in range(2, P + 1))]
     lines = ["| row | what differs | " + " | ".join(phases) + " |", "|---|---|" + "---|" * P]
-    rows = rows_of(method, protocol)
     for row in rows:
-        record = load_record(records, protocol, row)
         for name in row.evals:
-            points = accuracies(record, name, model)
+            points = accuracies(found.get(row.key), name, model)
             if points is None:
                 continue
             label = f"`{row.key}`" + (f" ({row.evals[name]} epochs)" if len(row.evals) > 1 else "")
@@ -421,7 +420,7 @@ def method_table(method: str, protocol: Protocol, records: Path) -> list[str]:
             lines.append(f"| {label} | {row.what} | " + " | ".join(cells) + " |")
     # the random real images depend only on storage and schedule: any PDD row's evaluation of them
     for row in sorted(rows, key=lambda r: not r.baseline):
-        random = accuracies(load_record(records, protocol, row), "E", model, " [random real]")
+        random = accuracies(found.get(row.key), "E", model, " [random real]")
         if random:
             what = f"same storage and schedule (evaluated with `{row.key}`)"
             lines.append(f"| random real | {what} | " + " | ".join(map(cell, random)) + " |")
@@ -429,20 +428,17 @@ def method_table(method: str, protocol: Protocol, records: Path) -> list[str]:
     return lines
 
 
-def verdict(method: str, protocol: Protocol, records: Path, longer: bool = False) -> str | None:
+def verdict(
+    method: str, shipped: Row, found: dict[str, dict], protocol: Protocol, longer: bool = False
+) -> str | None:
     """PDD + X (shipped settings) against the better of X alone's two evaluations, after the last stage;
     ``longer``: the same for the longer-budget pair of rows."""
-    rows = {row.key: row for row in rows_of(method, protocol)}
-    shipped = shipped_row(list(rows.values()))
-    if shipped is None:
-        return None
     pdd_key, alone_key, iterations = shipped.key, "alone", protocol.iterations[method]
     if longer:
         iterations = longer_iterations(method, protocol)
         pdd_key, alone_key = f"{pdd_key}+iterations={iterations}", f"alone+iterations={iterations}"
-    pdd = accuracies(load_record(records, protocol, rows[pdd_key]), "E", protocol.model)
-    alone_record = load_record(records, protocol, rows[alone_key])
-    alone = [accuracies(alone_record, name, protocol.model) for name in ("E", "PxE")]
+    pdd = accuracies(found.get(pdd_key), "E", protocol.model)
+    alone = [accuracies(found.get(alone_key), name, protocol.model) for name in ("E", "PxE")]
     if pdd is None or any(a is None for a in alone):
         return None
     best = max((a[-1] for a in alone), key=lambda p: p[0])
@@ -456,13 +452,11 @@ def verdict(method: str, protocol: Protocol, records: Path, longer: bool = False
     )
 
 
-def curve_figure(method: str, protocol: Protocol, records: Path, key: str, figures: Path) -> str | None:
+def curve_figure(method: str, protocol: Protocol, record: dict | None, key: str, figures: Path) -> str | None:
     """The markdown image of a row's validation curves, drawn from its record (a record without curves
     keeps the figure already in ``figures``, if any)."""
     from pdd_hub.viz import plot_validation_curves
 
-    row = next((r for r in rows_of(method, protocol) if r.key == key), None)
-    record = load_record(records, protocol, row) if row else None
     name = f"{protocol.name}_{method}_{key.replace('=', '_').replace('+', '_')}.png"
     curves = (record or {}).get("validation_curves")
     if curves:
@@ -475,21 +469,37 @@ def curve_figure(method: str, protocol: Protocol, records: Path, key: str, figur
     return f"![{method} {key}: validation accuracy per iteration](ablation/{name})"
 
 
+def method_report(method: str, protocol: Protocol, records: Path, figures: Path) -> list[str]:
+    """One method's part of the report: its table, verdicts and validation curves (nothing without
+    records)."""
+    rows = rows_of(method, protocol)
+    found = {row.key: record for row in rows if (record := load_record(records, protocol, row))}
+    table = method_table(rows, found, protocol)
+    if len(table) <= 2:
+        return []
+    parts = [f"#### {method.upper()}", "", *table, ""]
+    shipped = shipped_row(rows)
+    if shipped is None:
+        return parts
+    lines = [
+        verdict(method, shipped, found, protocol),
+        verdict(method, shipped, found, protocol, longer=True),
+    ]
+    parts += [text for line in lines if line for text in (line, "")]
+    longer = f"+iterations={longer_iterations(method, protocol)}"
+    for key in (shipped.key, "alone", shipped.key + longer, "alone" + longer):
+        figure = curve_figure(method, protocol, found.get(key), key, figures)
+        parts += [figure, ""] if figure else []
+    return parts
+
+
 def report(protocol: Protocol, methods: list[str], records: Path, target: Path) -> None:
     """Write every method's table, verdict and validation curves into ``target`` between markers."""
-    parts = []
-    for method in methods:
-        table = method_table(method, protocol, records)
-        if len(table) <= 2:
-            continue
-        parts += [f"#### {method.upper()}", "", *table, ""]
-        lines = [verdict(method, protocol, records), verdict(method, protocol, records, longer=True)]
-        parts += [text for line in lines if line for text in (line, "")]
-        shipped = shipped_row(rows_of(method, protocol))
-        longer = f"+iterations={longer_iterations(method, protocol)}" if shipped else ""
-        for key in (shipped.key, "alone", shipped.key + longer, "alone" + longer) if shipped else ():
-            figure = curve_figure(method, protocol, records, key, target.parent / "ablation")
-            parts += [figure, ""] if figure else []
+    parts = [
+        part
+        for method in methods
+        for part in method_report(method, protocol, records, target.parent / "ablation")
+    ]
     begin, end = f"<!-- ablation:{protocol.name}:begin -->", f"<!-- ablation:{protocol.name}:end -->"
     text = target.read_text() if target.exists() else ""
     block = "\n".join([begin, "", *parts, end])
