@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import subprocess
 import sys
@@ -287,20 +286,22 @@ def run_logged(command: list[str], log: Path, threads: int) -> float:
 
 def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
     """Distil (or resume) the row's run and evaluate it; finished parts are skipped."""
+    from pdd_hub.io import load_json, save_json
+
     folder = out / protocol.name / row.method / row.key
     folder.mkdir(parents=True, exist_ok=True)
     log, timing = folder / "log.txt", folder / "timing.json"
-    seconds = json.loads(timing.read_text()) if timing.exists() else {}
+    seconds = load_json(timing) if timing.exists() else {}
     if not (folder / "distilled").exists():
         make = select_command if row.selection else distill_command
         seconds["distill"] = seconds.get("distill", 0) + run_logged(make(row, protocol, folder), log, threads)
-        timing.write_text(json.dumps(seconds, indent=1))  # before the evaluations: one may be killed
+        save_json(seconds, timing)  # before the evaluations: one may be killed
         (folder / "distilled").touch()
     for name, epochs in row.evals.items():
         if not (folder / f"eval_{name}.json").exists():
             command = eval_command(row, protocol, folder, name, epochs)
             seconds[f"eval_{name}"] = run_logged(command, log, threads)
-            timing.write_text(json.dumps(seconds, indent=1))
+            save_json(seconds, timing)
     return folder
 
 
@@ -316,24 +317,29 @@ def shipped_source(method: str, protocol: Protocol) -> str:
 
 def run_all(
     protocol: Protocol, methods: list[str], out: Path, records: Path, jobs: int, keys: set[str] | None
-) -> None:
+) -> int:
     """Every row of ``methods`` (those named in ``keys``, if given), ``jobs`` at a time; each finished
-    row's record is written as soon as it finishes."""
+    row's record is written as soon as it finishes. A failed row does not stop the others; returns
+    how many failed."""
+    from pdd_hub.errors import PDDError
+
     threads = max(1, (os.cpu_count() or 1) // jobs)
     rows = [r for m in methods for r in rows_of(m, protocol) if keys is None or r.key in keys]
     print(f"{len(rows)} rows, {jobs} at a time, {threads} thread(s) each", flush=True)
 
-    def one(row: Row) -> None:
+    def one(row: Row) -> bool:
         start = time.perf_counter()
         try:
             run_row(row, protocol, out, threads)
             keep_record(row, protocol, out, records)
-            print(f"done {row.method}/{row.key} ({time.perf_counter() - start:.0f} s)", flush=True)
-        except RuntimeError as exc:
+        except (RuntimeError, PDDError) as exc:  # a failed command, a damaged file: named in exc
             print(f"FAILED {row.method}/{row.key}: {exc}", flush=True)
+            return False
+        print(f"done {row.method}/{row.key} ({time.perf_counter() - start:.0f} s)", flush=True)
+        return True
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, rows))
+        return sum(not ok for ok in pool.map(one, rows))
 
 
 # --- the records ---------------------------------------------------------------------------------
@@ -343,10 +349,12 @@ def record_path(records: Path, protocol: Protocol, row: Row) -> Path:
 
 def stage_curves(folder: Path) -> dict[str, list[list[float]]]:
     """Each finished stage's validation accuracy per iteration, from the run's stage records."""
+    from pdd_hub.io import load_json
+
     stages = sorted((folder / "stages").glob("stage_*.json"), key=lambda f: int(f.stem.split("_")[1]))
     curves = {}
     for path in stages:
-        history = json.loads(path.read_text()).get("history", [])
+        history = load_json(path).get("history", [])
         curves[path.stem.replace("_", " ")] = [[h["iteration"], h["val_acc"]] for h in history]
     return curves
 
@@ -361,13 +369,13 @@ def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path 
     """Write the row's record once every evaluation of its run folder has finished (else nothing):
     the evaluations' summaries and per-seed accuracies, the validation curves, the wall times and the
     commit of the script that recorded them. An existing record with the same results is left as is."""
-    from pdd_hub.io import save_json
+    from pdd_hub.io import load_json, save_json
 
     folder = out / protocol.name / row.method / row.key
     paths = {name: folder / f"eval_{name}.json" for name in row.evals}
     if not all(path.exists() for path in paths.values()):
         return None
-    evals = {name: json.loads(path.read_text()) for name, path in paths.items()}
+    evals = {name: load_json(path) for name, path in paths.items()}
     timing = folder / "timing.json"
     record = {
         "row": row.key,
@@ -376,22 +384,31 @@ def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path 
         "evals": {name: report["summary"] for name, report in evals.items()},
         "per_seed": {name: report["accuracy"] for name, report in evals.items()},
         "validation_curves": stage_curves(folder),
-        "seconds": json.loads(timing.read_text()) if timing.exists() else {},
+        "seconds": load_json(timing) if timing.exists() else {},
         "recorded_by": git_commit(),
         "torch": importlib.metadata.version("torch"),  # the recording environment's: numerics vary by version
         "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     target = record_path(records, protocol, row)
-    old = json.loads(target.read_text()) if target.exists() else {}
+    old = load_record(records, protocol, row) or {}
     if all(old.get(key) == record[key] for key in ("evals", "validation_curves", "seconds")):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     return save_json(record, target, strict=True)  # atomic: a killed write leaves the old record
 
 
+RECORD_HINT = "restore it (git checkout -- FILE) or delete it and re-run its row to record it again"
+
+
 def load_record(records: Path, protocol: Protocol, row: Row) -> dict | None:
+    """The row's record, or None if there is none; a damaged one raises CorruptStateError naming it."""
+    from pdd_hub.errors import CorruptStateError
+    from pdd_hub.io import read_json
+
     path = record_path(records, protocol, row)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    return read_json(path, CorruptStateError, RECORD_HINT.replace("FILE", str(path)))
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -529,14 +546,33 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(known))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {known}")
+    keys = set(args.rows.split(",")) if args.rows else None
+    known_keys = sorted({r.key for m in methods for r in rows_of(m, protocol)})
+    if keys and keys - set(known_keys):
+        unknown = sorted(keys - set(known_keys))
+        parser.error(f"unknown row(s) {unknown} of {methods}; choose from {known_keys}")
+    from pdd_hub.errors import PDDError
+
+    try:
+        failed = run_and_report(protocol, methods, keys, args)
+    except PDDError as exc:  # a damaged record or evaluation file: say which, keep everything else
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+def run_and_report(
+    protocol: Protocol, methods: list[str], keys: set[str] | None, args: argparse.Namespace
+) -> int:
+    """Run the rows (unless --no-run), then record what finished and write the report (if asked);
+    returns how many rows failed."""
     out, records = Path(args.out), Path(args.records)
-    if not args.no_run:
-        run_all(protocol, methods, out, records, args.jobs, set(args.rows.split(",")) if args.rows else None)
+    failed = 0 if args.no_run else run_all(protocol, methods, out, records, args.jobs, keys)
     if args.report:
         for row in (r for m in methods for r in rows_of(m, protocol)):  # runs finished by an older script
             keep_record(row, protocol, out, records)
         report(protocol, methods, records, Path(args.report))
-    return 0
+    return failed
 
 
 if __name__ == "__main__":

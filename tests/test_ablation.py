@@ -102,3 +102,28 @@ def test_the_report_of_methods_and_selection_rows_without_runs_keeps_the_file(tm
     argv += ["--records", str(tmp_path / "records")]
     assert ablation.main([*argv, "--report", str(report), "--no-run"]) == 0
     assert report.read_text() == "# Results\n\n<!-- ablation:cpu:begin -->\n\n<!-- ablation:cpu:end -->\n"
+
+
+def test_a_damaged_record_stops_the_report_with_exit_2_naming_it_and_keeps_the_file(tmp_path, capsys):
+    ablation = import_ablation()
+    record = tmp_path / "records" / "cpu" / "dm" / "alone.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"row": "alone", "evals": {"E": {"convnet')  # truncated by a full disk
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# Results\n")
+    argv = ["--protocol", "cpu", "--only", "dm", "--out", str(tmp_path / "runs")]
+    argv += ["--records", str(tmp_path / "records"), "--report", str(report), "--no-run"]
+    assert ablation.main(argv) == 2
+    message = capsys.readouterr().err
+    assert str(record) in message and "not valid JSON" in message and "Traceback" not in message
+    assert report.read_text() == "# Results\n"
+
+
+def test_an_unknown_row_key_is_refused_before_any_work(tmp_path, capsys):
+    ablation = import_ablation()
+    argv = ["--protocol", "cpu", "--only", "dc", "--rows", "source=mixd", "--out", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as exit_info:
+        ablation.main(argv)
+    assert exit_info.value.code == 2
+    assert "source=mixd" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
