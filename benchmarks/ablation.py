@@ -40,6 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdd_hub.config import load_config, resolve_config
+from pdd_hub.errors import CorruptStateError, PDDError
+from pdd_hub.io import load_json, read_json, save_json
+
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "results"
 SOURCES = ("start_states", "random", "perturbed", "retrained", "mixed")
@@ -286,8 +290,6 @@ def run_logged(command: list[str], log: Path, threads: int) -> float:
 
 def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
     """Distil (or resume) the row's run and evaluate it; finished parts are skipped."""
-    from pdd_hub.io import load_json, save_json
-
     folder = out / protocol.name / row.method / row.key
     folder.mkdir(parents=True, exist_ok=True)
     log, timing = folder / "log.txt", folder / "timing.json"
@@ -307,24 +309,16 @@ def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
 
 def shipped_source(method: str, protocol: Protocol) -> str:
     """The loss-network source the method's shipped config uses."""
-    from pdd_hub.config import load_config, resolve_config
-
     if method not in NETWORK_METHODS:
         return "start_states"
     config = load_config(resolve_config(protocol.methods[method][0]))
     return config.method_config.networks.source
 
 
-def run_all(
-    protocol: Protocol, methods: list[str], out: Path, records: Path, jobs: int, keys: set[str] | None
-) -> int:
-    """Every row of ``methods`` (those named in ``keys``, if given), ``jobs`` at a time; each finished
-    row's record is written as soon as it finishes. A failed row does not stop the others; returns
-    how many failed."""
-    from pdd_hub.errors import PDDError
-
+def run_all(protocol: Protocol, rows: list[Row], out: Path, records: Path, jobs: int) -> int:
+    """Every row of ``rows``, ``jobs`` at a time; each finished row's record is written as soon as it
+    finishes. A failed row does not stop the others; returns how many failed."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    rows = [r for m in methods for r in rows_of(m, protocol) if keys is None or r.key in keys]
     print(f"{len(rows)} rows, {jobs} at a time, {threads} thread(s) each", flush=True)
 
     def one(row: Row) -> bool:
@@ -349,8 +343,6 @@ def record_path(records: Path, protocol: Protocol, row: Row) -> Path:
 
 def stage_curves(folder: Path) -> dict[str, list[list[float]]]:
     """Each finished stage's validation accuracy per iteration, from the run's stage records."""
-    from pdd_hub.io import load_json
-
     stages = sorted((folder / "stages").glob("stage_*.json"), key=lambda f: int(f.stem.split("_")[1]))
     curves = {}
     for path in stages:
@@ -369,8 +361,6 @@ def keep_record(row: Row, protocol: Protocol, out: Path, records: Path) -> Path 
     """Write the row's record once every evaluation of its run folder has finished (else nothing):
     the evaluations' summaries and per-seed accuracies, the validation curves, the wall times and the
     commit of the script that recorded them. An existing record with the same results is left as is."""
-    from pdd_hub.io import load_json, save_json
-
     folder = out / protocol.name / row.method / row.key
     paths = {name: folder / f"eval_{name}.json" for name in row.evals}
     if not all(path.exists() for path in paths.values()):
@@ -402,9 +392,6 @@ RECORD_HINT = "restore it (git checkout -- FILE) or delete it and re-run its row
 
 def load_record(records: Path, protocol: Protocol, row: Row) -> dict | None:
     """The row's record, or None if there is none; a damaged one raises CorruptStateError naming it."""
-    from pdd_hub.errors import CorruptStateError
-    from pdd_hub.io import read_json
-
     path = record_path(records, protocol, row)
     if not path.exists():
         return None
@@ -486,10 +473,11 @@ def curve_figure(method: str, protocol: Protocol, record: dict | None, key: str,
     return f"![{method} {key}: validation accuracy per iteration](ablation/{name})"
 
 
-def method_report(method: str, protocol: Protocol, records: Path, figures: Path) -> list[str]:
+def method_report(
+    method: str, rows: list[Row], protocol: Protocol, records: Path, figures: Path
+) -> list[str]:
     """One method's part of the report: its table, verdicts and validation curves (nothing without
     records)."""
-    rows = rows_of(method, protocol)
     found = {row.key: record for row in rows if (record := load_record(records, protocol, row))}
     table = method_table(rows, found, protocol)
     if len(table) <= 2:
@@ -510,12 +498,13 @@ def method_report(method: str, protocol: Protocol, records: Path, figures: Path)
     return parts
 
 
-def report(protocol: Protocol, methods: list[str], records: Path, target: Path) -> None:
-    """Write every method's table, verdict and validation curves into ``target`` between markers."""
+def report(protocol: Protocol, rows: dict[str, list[Row]], records: Path, target: Path) -> None:
+    """Write every method's table, verdict and validation curves into ``target`` between markers
+    (``rows``: each method's rows)."""
     parts = [
         part
-        for method in methods
-        for part in method_report(method, protocol, records, target.parent / "ablation")
+        for method, its_rows in rows.items()
+        for part in method_report(method, its_rows, protocol, records, target.parent / "ablation")
     ]
     begin, end = f"<!-- ablation:{protocol.name}:begin -->", f"<!-- ablation:{protocol.name}:end -->"
     text = target.read_text() if target.exists() else ""
@@ -546,15 +535,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(known))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {known}")
+    rows = {method: rows_of(method, protocol) for method in methods}  # reads the shipped configs: once
     keys = set(args.rows.split(",")) if args.rows else None
-    known_keys = sorted({r.key for m in methods for r in rows_of(m, protocol)})
+    known_keys = sorted({r.key for its_rows in rows.values() for r in its_rows})
     if keys and keys - set(known_keys):
         unknown = sorted(keys - set(known_keys))
         parser.error(f"unknown row(s) {unknown} of {methods}; choose from {known_keys}")
-    from pdd_hub.errors import PDDError
-
     try:
-        failed = run_and_report(protocol, methods, keys, args)
+        failed = run_and_report(protocol, rows, keys, args)
     except PDDError as exc:  # a damaged record or evaluation file: say which, keep everything else
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -562,16 +550,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_and_report(
-    protocol: Protocol, methods: list[str], keys: set[str] | None, args: argparse.Namespace
+    protocol: Protocol, rows: dict[str, list[Row]], keys: set[str] | None, args: argparse.Namespace
 ) -> int:
-    """Run the rows (unless --no-run), then record what finished and write the report (if asked);
-    returns how many rows failed."""
+    """Run the rows named in ``keys`` (all if None; none with --no-run), then record what finished
+    and write the report (if asked); returns how many rows failed."""
     out, records = Path(args.out), Path(args.records)
-    failed = 0 if args.no_run else run_all(protocol, methods, out, records, args.jobs, keys)
+    every_row = [r for its_rows in rows.values() for r in its_rows]
+    chosen = [r for r in every_row if keys is None or r.key in keys]
+    failed = 0 if args.no_run else run_all(protocol, chosen, out, records, args.jobs)
     if args.report:
-        for row in (r for m in methods for r in rows_of(m, protocol)):  # runs finished by an older script
+        for row in every_row:  # runs finished by an older script
             keep_record(row, protocol, out, records)
-        report(protocol, methods, records, Path(args.report))
+        report(protocol, rows, records, Path(args.report))
     return failed
 
 
