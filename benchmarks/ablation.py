@@ -17,7 +17,9 @@ varying one factor at a time:
 * ``alone+iterations=M`` and ``<shipped>+iterations=M``: both sides at ``longer`` times the
   per-stage iterations (did the budget converge, and does the comparison move with it?);
 * ``<shipped>+init=sensitivity``, ``+importance`` (weighted), ``+importance=none`` (unweighted) and
-  ``+forgetting=band``: the subset-selection features against the plain shipped row.
+  ``+forgetting=band``: the subset-selection features against the plain shipped row, and the same
+  four as ``<shipped>+iterations=M+<feature>`` against the longer-budget row (the budget MTT, IDC
+  and DSA ship).
 
 Every distillation is a ``pdd-hub distill`` run in ``OUT/PROTOCOL/X/ROW`` (re-running resumes it from
 its checkpoints), every evaluation a ``pdd-hub eval`` whose JSON is kept (a finished one is skipped,
@@ -193,6 +195,11 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
         Row(method, f"{base_key}+iterations={longer}", f"{longer} iterations per stage",
             with_iterations(base, longer), {"E": E}),
     ]  # fmt: skip
+    # MTT, IDC and DSA ship the longer budget: their features are also measured where they ship
+    for key, (what, change) in variants(protocol).items():
+        if key != "budget=total":
+            rows.append(Row(method, f"{base_key}+iterations={longer}+{key}", f"{what}, {longer} iterations",
+                            with_iterations(base, longer) + change, {"E": E}))  # fmt: skip
     return rows
 
 
