@@ -186,20 +186,21 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
     else:
         what = f"PDD + {method.upper()}, shipped settings"
         rows.append(Row(method, "pdd", what, stages, {"E": E}, baseline=True))
-    for key, (what, change) in variants(protocol).items():
+    factors = variants(protocol)
+    for key, (what, change) in factors.items():
         rows.append(Row(method, f"{base_key}+{key}", what, base + change, {"E": E}))
     longer = longer_iterations(method, p)
+    longer_key, longer_base = f"{base_key}+iterations={longer}", with_iterations(base, longer)
     rows += [
         Row(method, f"alone+iterations={longer}", f"{method.upper()} alone, {longer} iterations",
             with_iterations(alone, longer), {"E": E, "PxE": p.num_stages * E}),
-        Row(method, f"{base_key}+iterations={longer}", f"{longer} iterations per stage",
-            with_iterations(base, longer), {"E": E}),
+        Row(method, longer_key, f"{longer} iterations per stage", longer_base, {"E": E}),
     ]  # fmt: skip
     # MTT, IDC and DSA ship the longer budget: their features are also measured where they ship
-    for key, (what, change) in variants(protocol).items():
-        if key != "budget=total":
-            rows.append(Row(method, f"{base_key}+iterations={longer}+{key}", f"{what}, {longer} iterations",
-                            with_iterations(base, longer) + change, {"E": E}))  # fmt: skip
+    for key, (what, change) in factors.items():
+        if key != "budget=total":  # a budget split is not a feature
+            rows.append(Row(method, f"{longer_key}+{key}", f"{what}, {longer} iterations",
+                            longer_base + change, {"E": E}))  # fmt: skip
     return rows
 
 
