@@ -24,10 +24,11 @@ varying one factor at a time:
 Every distillation is a ``pdd-hub distill`` run in ``OUT/PROTOCOL/X/ROW`` (re-running resumes it from
 its checkpoints), every evaluation a ``pdd-hub eval`` whose JSON is kept (a finished one is skipped,
 an interrupted one reuses its finished seeds). A finished row's results (its evaluations' summaries,
-validation curves and wall times) are kept as one small JSON in ``--records``
-(``benchmarks/results/PROTOCOL/X/ROW.json``, committed), so the report does not depend on the run
-folders surviving. ``--report FILE`` writes the tables and each method's validation curves, from
-those records, between the markers ``<!-- ablation:PROTOCOL:begin/end -->`` of FILE.
+validation curves and wall times; a killed distillation's time counts up to its log's last write)
+are kept as one small JSON in ``--records`` (``benchmarks/results/PROTOCOL/X/ROW.json``,
+committed), so the report does not depend on the run folders surviving. ``--report FILE`` writes
+the tables and each method's validation curves, from those records, between the markers
+``<!-- ablation:PROTOCOL:begin/end -->`` of FILE.
 """
 
 from __future__ import annotations
@@ -296,6 +297,21 @@ def run_logged(command: list[str], log: Path, threads: int) -> float:
     return time.perf_counter() - start
 
 
+def distill_timed(command: list[str], log: Path, threads: int, seconds: dict, timing: Path) -> None:
+    """Run the distillation, adding its wall seconds to ``seconds["distill"]``. The start time is
+    saved first, so an attempt that was killed counts up to its log's last write when the row is
+    resumed (the run itself resumes from its checkpoint; without this its time would be lost)."""
+    killed_start = seconds.pop("distill_started", None)
+    if killed_start is not None and log.exists():
+        seconds["distill"] = seconds.get("distill", 0) + max(0.0, log.stat().st_mtime - killed_start)
+    seconds["distill_started"] = time.time()
+    save_json(seconds, timing)
+    elapsed = run_logged(command, log, threads)
+    del seconds["distill_started"]
+    seconds["distill"] = seconds.get("distill", 0) + elapsed
+    save_json(seconds, timing)  # before the evaluations: one may be killed
+
+
 def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
     """Distil (or resume) the row's run and evaluate it; finished parts are skipped."""
     folder = out / protocol.name / row.method / row.key
@@ -304,8 +320,7 @@ def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
     seconds = load_json(timing) if timing.exists() else {}
     if not (folder / "distilled").exists():
         make = select_command if row.selection else distill_command
-        seconds["distill"] = seconds.get("distill", 0) + run_logged(make(row, protocol, folder), log, threads)
-        save_json(seconds, timing)  # before the evaluations: one may be killed
+        distill_timed(make(row, protocol, folder), log, threads, seconds, timing)
         (folder / "distilled").touch()
     for name, epochs in row.evals.items():
         if not (folder / f"eval_{name}.json").exists():

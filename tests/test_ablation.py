@@ -6,6 +6,7 @@ every command it would run parses as the CLI takes it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -127,3 +128,29 @@ def test_an_unknown_row_key_is_refused_before_any_work(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "source=mixd" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_killed_distillation_keeps_its_time_up_to_its_last_log_line_when_the_row_resumes(
+    tmp_path, monkeypatch
+):
+    ablation = import_ablation()
+    setup = ablation.PROTOCOLS["tiny"]()
+    row = next(r for r in ablation.rows_of("dm", setup) if r.key == "source=random")
+    folder = tmp_path / "tiny" / "dm" / row.key
+
+    def killed(command, log, threads):
+        log.write_text("stage 1 it 0\n")
+        raise KeyboardInterrupt  # stands in for a kill: nothing after this line runs
+
+    monkeypatch.setattr(ablation, "run_logged", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.run_row(row, setup, tmp_path, threads=1)
+    started = json.loads((folder / "timing.json").read_text())["distill_started"]
+    log = folder / "log.txt"
+    os.utime(log, (started + 100, started + 100))  # its last log line came 100 s after the start
+
+    monkeypatch.setattr(ablation, "run_logged", lambda command, log, threads: 5.0)
+    ablation.run_row(row, setup, tmp_path, threads=1)
+    seconds = json.loads((folder / "timing.json").read_text())
+    assert seconds == {"distill": pytest.approx(105.0), **{f"eval_{name}": 5.0 for name in row.evals}}
+    assert (folder / "distilled").exists()
