@@ -88,6 +88,7 @@ def cpu_protocol() -> Protocol:
         "log_every=25",
         "checkpoint_every=25",
         "progress=false",
+        "forgetting.mode=off",  # a row names every feature it turns on, whatever a config ships
     )
     methods = {
         "dm": ("cifar10_dm_cpu", "dm.batch_real=64"),
@@ -455,15 +456,36 @@ def method_table(rows: list[Row], found: dict[str, dict], protocol: Protocol) ->
     return lines
 
 
+def shipped_feature(method: str, protocol: Protocol) -> str:
+    """The row-key suffix of the subset-selection feature the method's shipped config turns on
+    (``+forgetting=band``, ...), or ``""``: its rows vary one factor from the plain setting, so the
+    shipped row is the plain row plus this feature."""
+    config = load_config(resolve_config(protocol.methods[method][0]))
+    if config.forgetting.mode == "band":
+        return "+forgetting=band"
+    if config.init == "sensitivity":
+        return "+init=sensitivity"
+    if config.real_sampling == "importance":
+        return "+importance" + ("=none" if config.importance.weighting == "none" else "")
+    return ""
+
+
 def verdict(
-    method: str, shipped: Row, found: dict[str, dict], protocol: Protocol, longer: bool = False
+    method: str,
+    base: Row,
+    found: dict[str, dict],
+    protocol: Protocol,
+    longer: bool = False,
+    feature: str = "",
 ) -> str | None:
-    """PDD + X (shipped settings) against the better of X alone's two evaluations, after the last stage;
-    ``longer``: the same for the longer-budget pair of rows."""
-    pdd_key, alone_key, iterations = shipped.key, "alone", protocol.iterations[method]
+    """PDD + X (``base``, the plain row evaluated beside random real images, plus ``feature``) against
+    the better of X alone's two evaluations, after the last stage; ``longer``: the same for the
+    longer-budget pair of rows."""
+    pdd_key, alone_key, iterations = base.key, "alone", protocol.iterations[method]
     if longer:
         iterations = longer_iterations(method, protocol)
         pdd_key, alone_key = f"{pdd_key}+iterations={iterations}", f"alone+iterations={iterations}"
+    pdd_key += feature
     pdd = accuracies(found.get(pdd_key), "E", protocol.model)
     alone = [accuracies(found.get(alone_key), name, protocol.model) for name in ("E", "PxE")]
     if pdd is None or any(a is None for a in alone):
@@ -471,9 +493,12 @@ def verdict(
     best = max((a[-1] for a in alone), key=lambda p: p[0])
     gain = pdd[-1][0] - best[0]
     holds = "holds" if gain >= -best[1] else "does not hold"
-    name = method.upper()
+    name, shipped = method.upper(), shipped_feature(method, protocol)
+    settings = (
+        "the shipped settings" if feature == shipped else f"the shipped settings without `{shipped[1:]}`"
+    )
     return (
-        f"At {iterations} iterations per stage: PDD + {name} with the shipped settings (`{pdd_key}`) "
+        f"At {iterations} iterations per stage: PDD + {name} with {settings} (`{pdd_key}`) "
         f"{cell(pdd[-1])} vs {name} alone (`{alone_key}`) {cell(best)} (the better of its two "
         f"evaluations): {gain:+.2f} points; PDD + X >= X - 1 std {holds}."
     )
@@ -509,15 +534,16 @@ def method_report(
     shipped = shipped_row(rows)
     if shipped is None:
         return parts
-    lines = [
-        verdict(method, shipped, found, protocol),
-        verdict(method, shipped, found, protocol, longer=True),
-    ]
-    parts += [text for line in lines if line for text in (line, "")]
+    feature = shipped_feature(method, protocol)
+    features = dict.fromkeys((feature, ""))  # the shipped row first, then its plain counterpart if other
     longer = f"+iterations={longer_iterations(method, protocol)}"
-    for key in (shipped.key, "alone", shipped.key + longer, "alone" + longer):
-        figure = curve_figure(method, protocol, found.get(key), key, figures)
-        parts += [figure, ""] if figure else []
+    for budget in ("", longer):
+        lines = [verdict(method, shipped, found, protocol, bool(budget), f) for f in features]
+        parts += [text for line in lines if line for text in (line, "")]
+    for budget in ("", longer):
+        for key in [shipped.key + budget + f for f in features] + ["alone" + budget]:
+            figure = curve_figure(method, protocol, found.get(key), key, figures)
+            parts += [figure, ""] if figure else []
     return parts
 
 

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -312,6 +313,26 @@ def unused_sections(config: PDDConfig) -> set[str]:
 
 
 # --- loading ---------------------------------------------------------------------------------------
+class _YamlLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans (``true`` / ``false`` only): PyYAML reads ``off``, ``no`` and ``on``
+    as booleans (YAML 1.1), which would turn ``forgetting.mode=off`` into ``False``."""
+
+    yaml_implicit_resolvers: typing.ClassVar[dict] = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """``text`` parsed as YAML (1.2 booleans; raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no arbitrary objects
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PDDConfig:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
     data: dict[str, Any] = {}
@@ -320,7 +341,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = read_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
@@ -338,7 +359,7 @@ def parse_key_values(items: Iterable[str], what: str = "override") -> list[tuple
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{what} {item!r} is not of the form key=value")
-        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        pairs.append((key.strip(), read_yaml(raw) if raw.strip() else None))
     return pairs
 
 

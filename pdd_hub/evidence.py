@@ -52,7 +52,9 @@ def _cpu16(updates: int) -> str:
 
 MEASURED: dict[str, Comparison] = {
     "mtt": Comparison("mtt", (48.13, 0.28), (45.79, 0.27), _cpu16(300), "issue 19"),
-    "idc": Comparison("idc", (44.29, 0.26), (46.17, 0.30), _cpu16(300), "issue 19"),
+    "idc": Comparison(
+        "idc", (47.02, 0.25), (44.75, 0.22), _cpu16(100) + ", PDD with forgetting bands", "issue 19"
+    ),
     "dm": Comparison("dm", (38.71, 0.57), (41.39, 0.42), _cpu16(300), "issue 19"),
     "dsa": Comparison("dsa", (41.25, 0.16), (42.93, 0.64), _cpu16(300), "issue 19"),
     "dc": Comparison("dc", (35.96, 0.44), (37.74, 0.40), _cpu16(100), "issue 19"),

@@ -154,3 +154,46 @@ def test_a_killed_distillation_keeps_its_time_up_to_its_last_log_line_when_the_r
     seconds = json.loads((folder / "timing.json").read_text())
     assert seconds == {"distill": pytest.approx(105.0), **{f"eval_{name}": 5.0 for name in row.evals}}
     assert (folder / "distilled").exists()
+
+
+def test_a_row_turns_on_only_the_features_its_key_names_whatever_its_config_ships(tmp_path):
+    ablation = import_ablation()
+    from pdd_hub.config import load_config, parse_recipe_args, resolve_config
+
+    setup = ablation.PROTOCOLS["cpu"]()
+    assert load_config(resolve_config("cifar10_idc_cpu")).forgetting.mode == "band"  # what IDC ships
+    rows = {row.key: row for row in ablation.rows_of("idc", setup)}
+
+    def config_of(key: str):
+        return parse_recipe_args(ablation.distill_command(rows[key], setup, tmp_path)[4:])
+
+    assert config_of("source=start_states").forgetting.mode == "off"
+    assert config_of("alone").forgetting.mode == "off"
+    assert config_of("source=start_states+forgetting=band").forgetting.mode == "band"
+    assert ablation.shipped_feature("idc", setup) == "+forgetting=band"
+    assert ablation.shipped_feature("dm", setup) == ""
+
+
+def test_the_verdict_names_the_shipped_feature_and_keeps_the_plain_row_beside_it():
+    ablation = import_ablation()
+    setup = ablation.PROTOCOLS["cpu"]()
+    rows = ablation.rows_of("idc", setup)
+
+    def record(*means: float) -> dict:
+        points = [{"mean": m / 100, "std": 0.002} for m in means]
+        return {"evals": {"E": {setup.model: points}}}
+
+    found = {
+        "alone": {"evals": {**record(44.0)["evals"], "PxE": record(45.0)["evals"]["E"]}},
+        "source=start_states": record(40.0, 42.0),
+        "source=start_states+forgetting=band": record(41.0, 47.0),
+    }
+    shipped = ablation.shipped_row(rows)
+    banded = ablation.verdict("idc", shipped, found, setup, feature="+forgetting=band")
+    plain = ablation.verdict("idc", shipped, found, setup)
+    assert "with the shipped settings (`source=start_states+forgetting=band`) 47.00 ± 0.20" in banded
+    assert "IDC alone (`alone`) 45.00 ± 0.20" in banded and "+2.00 points" in banded
+    assert "holds." in banded and "does not hold" not in banded
+    assert "without `forgetting=band` (`source=start_states`) 42.00 ± 0.20" in plain
+    assert "-3.00 points" in plain and "does not hold" in plain
+    assert ablation.verdict("idc", shipped, found, setup, longer=True) is None  # no 300-iteration rows

@@ -15,6 +15,7 @@ from pdd_hub.config import (
     parse_key_values,
     parse_recipe_args,
 )
+from pdd_hub.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
 
@@ -71,6 +72,18 @@ def test_overrides_coerce_types_and_reach_sections():
     )
     assert (config.num_stages, config.mtt.syn_steps, config.zca, config.mtt.batch_syn) == (3, 20, True, None)
     assert config.mtt.lr_lr == 1e-6 and config.dataset == "../shared/datasets/cifar10"
+
+
+def test_off_and_no_are_strings_as_the_choices_say_and_true_false_stay_booleans(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("forgetting:\n  mode: off\ntransition:\n  enabled: false\n")
+    from_file = load_config(config_file)
+    assert from_file.forgetting.mode == "off" and from_file.transition.enabled is False
+    config = parse_recipe_args(["forgetting.mode=band", "forgetting.mode=off", "zca=True"])
+    assert config.forgetting.mode == "off" and config.zca is True
+    assert parse_key_values(["a=no", "b=on", "c=false"]) == [("a", "no"), ("b", "on"), ("c", False)]
+    with pytest.raises(ConfigError, match="'zca' must be true or false"):
+        parse_recipe_args(["zca=off"])  # not silently False
 
 
 @pytest.mark.parametrize(
