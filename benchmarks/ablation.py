@@ -88,7 +88,10 @@ def cpu_protocol() -> Protocol:
         "log_every=25",
         "checkpoint_every=25",
         "progress=false",
-        "forgetting.mode=off",  # a row names every feature it turns on, whatever a config ships
+        # a row names every subset-selection feature it turns on, whatever a config ships
+        "init=real",
+        "real_sampling=uniform",
+        "forgetting.mode=off",
     )
     methods = {
         "dm": ("cifar10_dm_cpu", "dm.batch_real=64"),

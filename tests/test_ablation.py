@@ -167,7 +167,8 @@ def test_a_row_turns_on_only_the_features_its_key_names_whatever_its_config_ship
     def config_of(key: str):
         return parse_recipe_args(ablation.distill_command(rows[key], setup, tmp_path)[4:])
 
-    assert config_of("source=start_states").forgetting.mode == "off"
+    plain = config_of("source=start_states")
+    assert (plain.forgetting.mode, plain.init, plain.real_sampling) == ("off", "real", "uniform")
     assert config_of("alone").forgetting.mode == "off"
     assert config_of("source=start_states+forgetting=band").forgetting.mode == "band"
     assert ablation.shipped_feature("idc", setup) == "+forgetting=band"
