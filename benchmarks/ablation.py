@@ -10,6 +10,8 @@ varying one factor at a time:
 * ``alone``: X alone, one stage of P x IPC images per class with the per-stage iterations of the
   PDD rows (the same updates per image), evaluated at its own epochs E *and* at P x E, the SGD steps
   the progressive schedule gives PDD in all (at <= 256 images an epoch is one step);
+* ``alone+init=unforgettable``: the same, started from each class's least-forgotten examples: the
+  one-stage control for forgetting bands, whose first stage starts from (and learns) the easiest;
 * ``source=S``: PDD + X with each loss-network source S (pdd_hub.loss_networks) from stage 2; the
   shipped one (for MTT, which draws no loss networks, the row ``pdd``) is evaluated with random real
   images at the same storage beside it;
@@ -51,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "results"
 SOURCES = ("start_states", "random", "perturbed", "retrained", "mixed")
 NETWORK_METHODS = ("dm", "dc", "dsa", "idc")  # the methods whose loss draws networks
+CONTROL = "+init=unforgettable"  # X alone's row-key suffix beside PDD + X with forgetting bands
 
 
 @dataclass(frozen=True)
@@ -176,9 +179,13 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
     E = p.eval_epochs
     stages = (f"num_stages={p.num_stages}", f"ipc_per_stage={p.ipc}", f"iterations={iterations}")
     alone = ("num_stages=1", f"ipc_per_stage={p.num_stages * p.ipc}", f"iterations={iterations}")
+    scoring = tuple(c for c in p.scoring if not c.startswith("sensitivity."))
     rows = [
         Row(method, "alone", f"{method.upper()} alone, 1 x {p.num_stages * p.ipc} IPC", alone,
             {"E": E, "PxE": p.num_stages * E}),
+        # the control for forgetting bands: their stage 1 also starts from the easiest examples
+        Row(method, "alone" + CONTROL, f"{method.upper()} alone, started from its least-forgotten examples",
+            (*alone, "init=unforgettable", *scoring), {"E": E, "PxE": p.num_stages * E}),
     ]  # fmt: skip
     base, base_key = stages, "pdd"
     if method in NETWORK_METHODS:
@@ -480,15 +487,16 @@ def verdict(
     protocol: Protocol,
     longer: bool = False,
     feature: str = "",
+    control: str = "",
 ) -> str | None:
     """PDD + X (``base``, the plain row evaluated beside random real images, plus ``feature``) against
-    the better of X alone's two evaluations, after the last stage; ``longer``: the same for the
-    longer-budget pair of rows."""
+    the better of X alone's two evaluations (X alone plus ``control``), after the last stage;
+    ``longer``: the same for the longer-budget pair of rows."""
     pdd_key, alone_key, iterations = base.key, "alone", protocol.iterations[method]
     if longer:
         iterations = longer_iterations(method, protocol)
         pdd_key, alone_key = f"{pdd_key}+iterations={iterations}", f"alone+iterations={iterations}"
-    pdd_key += feature
+    pdd_key, alone_key = pdd_key + feature, alone_key + control
     pdd = accuracies(found.get(pdd_key), "E", protocol.model)
     alone = [accuracies(found.get(alone_key), name, protocol.model) for name in ("E", "PxE")]
     if pdd is None or any(a is None for a in alone):
@@ -500,9 +508,10 @@ def verdict(
     settings = (
         "the shipped settings" if feature == shipped else f"the shipped settings without `{shipped[1:]}`"
     )
+    alone_name = f"{name} alone" + (" from its least-forgotten examples" if control == CONTROL else "")
     return (
         f"At {iterations} iterations per stage: PDD + {name} with {settings} (`{pdd_key}`) "
-        f"{cell(pdd[-1])} vs {name} alone (`{alone_key}`) {cell(best)} (the better of its two "
+        f"{cell(pdd[-1])} vs {alone_name} (`{alone_key}`) {cell(best)} (the better of its two "
         f"evaluations): {gain:+.2f} points; PDD + X >= X - 1 std {holds}."
     )
 
@@ -540,11 +549,14 @@ def method_report(
     feature = shipped_feature(method, protocol)
     features = dict.fromkeys((feature, ""))  # the shipped row first, then its plain counterpart if other
     longer = f"+iterations={longer_iterations(method, protocol)}"
+    # forgetting bands start stage 1 from the easiest examples: X alone started from those too
+    controls = ("", CONTROL) if feature == "+forgetting=band" else ("",)
     for budget in ("", longer):
         lines = [verdict(method, shipped, found, protocol, bool(budget), f) for f in features]
+        lines += [verdict(method, shipped, found, protocol, bool(budget), feature, c) for c in controls[1:]]
         parts += [text for line in lines if line for text in (line, "")]
     for budget in ("", longer):
-        for key in [shipped.key + budget + f for f in features] + ["alone" + budget]:
+        for key in [shipped.key + budget + f for f in features] + ["alone" + budget + c for c in controls]:
             figure = curve_figure(method, protocol, found.get(key), key, figures)
             parts += [figure, ""] if figure else []
     return parts

@@ -128,6 +128,7 @@ CITATIONS = {
   archivePrefix = {arXiv}
 }""",
 }
+CITATIONS["unforgettable"] = CITATIONS["forgetting"]  # the other end of the same ranking
 
 
 @dataclass

@@ -492,7 +492,7 @@ def _add_select_parser(sub: argparse._SubParsersAction) -> None:
     se.add_argument(
         "--method",
         default="random",
-        help="random, herding, kcenter, forgetting or sensitivity (default random)",
+        help="random, herding, kcenter, forgetting, unforgettable or sensitivity (default random)",
     )
     se.add_argument("--param", action="append", help="a setting of the method, e.g. clusters=20 (repeatable)")
     se.add_argument(

@@ -198,3 +198,31 @@ def test_the_verdict_names_the_shipped_feature_and_keeps_the_plain_row_beside_it
     assert "without `forgetting=band` (`source=start_states`) 42.00 ± 0.20" in plain
     assert "-3.00 points" in plain and "does not hold" in plain
     assert ablation.verdict("idc", shipped, found, setup, longer=True) is None  # no 300-iteration rows
+
+    def control() -> str | None:
+        banded = "+forgetting=band"
+        return ablation.verdict("idc", shipped, found, setup, feature=banded, control=ablation.CONTROL)
+
+    assert control() is None  # the control row has no record yet
+    easy = {"evals": {**record(47.5)["evals"], "PxE": record(46.0)["evals"]["E"]}}
+    found["alone+init=unforgettable"] = easy
+    line = control()
+    assert "IDC alone from its least-forgotten examples (`alone+init=unforgettable`) 47.50 ± 0.20" in line
+    assert "-0.50 points" in line and "does not hold" in line
+
+
+def test_the_control_row_starts_x_alone_from_its_least_forgotten_examples(tmp_path):
+    ablation = import_ablation()
+    from pdd_hub.config import parse_recipe_args
+
+    setup = ablation.PROTOCOLS["cpu"]()
+    rows = {row.key: row for row in ablation.rows_of("idc", setup)}
+
+    def config_of(key: str):
+        return parse_recipe_args(ablation.distill_command(rows[key], setup, tmp_path)[4:])
+
+    config, alone = config_of("alone+init=unforgettable"), config_of("alone")
+    assert (config.init, config.num_stages, config.ipc_per_stage) == ("unforgettable", 1, 10)
+    assert (config.scoring.runs, config.scoring.epochs) == (2, 30)  # the bands' scoring networks
+    assert config.iterations == alone.iterations and config.forgetting.mode == "off"
+    assert rows["alone+init=unforgettable"].evals == rows["alone"].evals

@@ -111,7 +111,7 @@ def test_unknown_selection_method_lists_the_registered():
         build_selector("herding", {"clusters": 3})
 
 
-@pytest.mark.parametrize("method", ["herding", "kcenter", "sensitivity", "forgetting"])
+@pytest.mark.parametrize("method", ["herding", "kcenter", "sensitivity", "forgetting", "unforgettable"])
 def test_a_staged_selection_round_trips_through_load_dataset_and_load_pdd(method, tmp_path, digits):
     import datasets
 
@@ -198,6 +198,22 @@ def test_forgetting_ranks_never_learned_examples_last():
     pool = fixed_pool([5.0, 3.0, 1.0, 0.0, 5.0], [0.0, 1.0, 1.0, 1.0, 0.5])
     ranked = build_selector("forgetting").rank(pool, 5, torch.Generator().manual_seed(0))
     assert ranked.tolist() == [1, 2, 3, 4, 0]  # most forgotten learned ones first, then by share learned
+
+
+def test_unforgettable_ranks_the_least_forgotten_learned_examples_first_ties_at_random():
+    scores = [5.0, 3.0, 1.0, 0.0, 0.0, 1.0, 0.0, 2.0]
+    learned = [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.5, 1.0]
+    pool = fixed_pool(scores, learned)
+    orders = set()
+    for seed in range(20):
+        ranked = build_selector("unforgettable").rank(pool, 8, torch.Generator().manual_seed(seed)).tolist()
+        # brute force: among the learned, by score; then the partly learned, then the never learned
+        key = [(-learned[i], scores[i]) for i in ranked]
+        assert key == sorted(key)
+        orders.add(tuple(ranked[1:3]))
+    assert orders == {(2, 5), (5, 2)}  # the tie at score 1 is broken at random
+    top = build_selector("unforgettable").rank(pool, 2, torch.Generator().manual_seed(0)).tolist()
+    assert top[0] == 3 and top[1] in (2, 5)
 
 
 def test_sensitivity_on_a_class_smaller_than_its_clusters_uses_fewer_clusters(caplog):
