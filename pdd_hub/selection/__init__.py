@@ -1,7 +1,8 @@
 """Subset-selection baselines, registered by name like the base methods: random, herding, k-center,
-forgetting and sensitivity sampling. Each ranks the real images of every class; ``pdd-hub select``
-exports the ranking as stages (stage k: the k-th block), and a distillation's ``init`` can start from
-any of them. A new one is one new file with a ``@register_selection("name")`` class."""
+forgetting, unforgettable (its other end) and sensitivity sampling. Each ranks the real images of
+every class; ``pdd-hub select`` exports the ranking as stages (stage k: the k-th block), and a
+distillation's ``init`` can start from any of them. A new one is one new file with a
+``@register_selection("name")`` class."""
 
 from pdd_hub.registry import SELECTIONS, import_submodules
 
