@@ -36,6 +36,7 @@ the tables and each method's validation curves, from those records, between the 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import os
 import subprocess
@@ -45,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdd_hub.config import load_config, resolve_config
+from pdd_hub.config import PDDConfig, load_config, resolve_config
 from pdd_hub.errors import CorruptStateError, PDDError
 from pdd_hub.io import load_json, read_json, save_json
 
@@ -341,12 +342,17 @@ def run_row(row: Row, protocol: Protocol, out: Path, threads: int) -> Path:
     return folder
 
 
+@functools.cache
+def shipped_config(name: str) -> PDDConfig:
+    """The shipped config ``name`` (read once: the report asks for it in every verdict)."""
+    return load_config(resolve_config(name))
+
+
 def shipped_source(method: str, protocol: Protocol) -> str:
     """The loss-network source the method's shipped config uses."""
     if method not in NETWORK_METHODS:
         return "start_states"
-    config = load_config(resolve_config(protocol.methods[method][0]))
-    return config.method_config.networks.source
+    return shipped_config(protocol.methods[method][0]).method_config.networks.source
 
 
 def run_all(protocol: Protocol, rows: list[Row], out: Path, records: Path, jobs: int) -> int:
@@ -470,7 +476,7 @@ def shipped_feature(method: str, protocol: Protocol) -> str:
     """The row-key suffix of the subset-selection feature the method's shipped config turns on
     (``+forgetting=band``, ...), or ``""``: its rows vary one factor from the plain setting, so the
     shipped row is the plain row plus this feature."""
-    config = load_config(resolve_config(protocol.methods[method][0]))
+    config = shipped_config(protocol.methods[method][0])
     if config.forgetting.mode == "band":
         return "+forgetting=band"
     if config.init == "sensitivity":
