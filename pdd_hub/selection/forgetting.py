@@ -20,9 +20,17 @@ class Forgetting(Selector):
     """The examples with the highest forgetting scores among those the scoring runs learned."""
 
     def rank(self, pool: ClassPool, count: int, generator: torch.Generator) -> torch.Tensor:
-        shuffled = torch.randperm(len(pool), generator=generator)
-        scores = pool.scores.cpu().double()[shuffled]
-        learned = pool.learned.cpu().double()[shuffled]
-        by_score = torch.argsort(scores, descending=True, stable=True)
-        by_learned = torch.argsort(learned[by_score], descending=True, stable=True)
-        return shuffled[by_score[by_learned]][:count]
+        return learned_first_by_score(pool, generator, most_forgotten_first=True)[:count]
+
+
+def learned_first_by_score(
+    pool: ClassPool, generator: torch.Generator, most_forgotten_first: bool
+) -> torch.Tensor:
+    """Positions of all of ``pool``: by the share of scoring runs that learned them (all first), and
+    within each share by forgetting score; ties in random order (``generator``)."""
+    shuffled = torch.randperm(len(pool), generator=generator)
+    scores = pool.scores.cpu().double()[shuffled]
+    learned = pool.learned.cpu().double()[shuffled]
+    by_score = torch.argsort(scores, descending=most_forgotten_first, stable=True)
+    by_learned = torch.argsort(learned[by_score], descending=True, stable=True)
+    return shuffled[by_score[by_learned]]

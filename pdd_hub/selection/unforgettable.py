@@ -15,6 +15,7 @@ import torch
 
 from pdd_hub.registry import register_selection
 from pdd_hub.selection.base import ClassPool, Selector
+from pdd_hub.selection.forgetting import learned_first_by_score
 
 
 @register_selection("unforgettable")
@@ -22,9 +23,4 @@ class Unforgettable(Selector):
     """The examples with the lowest forgetting scores among those the scoring runs learned."""
 
     def rank(self, pool: ClassPool, count: int, generator: torch.Generator) -> torch.Tensor:
-        shuffled = torch.randperm(len(pool), generator=generator)
-        scores = pool.scores.cpu().double()[shuffled]
-        learned = pool.learned.cpu().double()[shuffled]
-        by_score = torch.argsort(scores, stable=True)
-        by_learned = torch.argsort(learned[by_score], descending=True, stable=True)
-        return shuffled[by_score[by_learned]][:count]
+        return learned_first_by_score(pool, generator, most_forgotten_first=False)[:count]
