@@ -180,7 +180,7 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
     E = p.eval_epochs
     stages = (f"num_stages={p.num_stages}", f"ipc_per_stage={p.ipc}", f"iterations={iterations}")
     alone = ("num_stages=1", f"ipc_per_stage={p.num_stages * p.ipc}", f"iterations={iterations}")
-    scoring = tuple(c for c in p.scoring if not c.startswith("sensitivity."))
+    scoring = scoring_networks(p)
     rows = [
         Row(method, "alone", f"{method.upper()} alone, 1 x {p.num_stages * p.ipc} IPC", alone,
             {"E": E, "PxE": p.num_stages * E}),
@@ -227,9 +227,14 @@ def with_iterations(overrides: tuple[str, ...], iterations: int) -> tuple[str, .
     return tuple(f"iterations={iterations}" if o.startswith("iterations=") else o for o in overrides)
 
 
+def scoring_networks(protocol: Protocol) -> tuple[str, ...]:
+    """The overrides of the scoring networks alone (forgetting scores; without sensitivity's own)."""
+    return tuple(c for c in protocol.scoring if not c.startswith("sensitivity."))
+
+
 def variants(protocol: Protocol) -> dict[str, tuple[str, tuple[str, ...]]]:
     """The factors varied from the shipped PDD setting: key -> (what, overrides)."""
-    scoring = tuple(c for c in protocol.scoring if not c.startswith("sensitivity."))
+    scoring = scoring_networks(protocol)
     return {
         "budget=total": ("budget: the same total, N / P per stage", ("budget=total",)),
         "init=sensitivity": ("init: sensitivity sampling", ("init=sensitivity", *protocol.scoring)),
