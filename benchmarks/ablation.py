@@ -17,7 +17,8 @@ varying one factor at a time:
   images at the same storage beside it;
 * ``<shipped>+budget=total``: the same total iterations split over the stages (N / P each);
 * ``alone+iterations=M`` and ``<shipped>+iterations=M``: both sides at ``longer`` times the
-  per-stage iterations (did the budget converge, and does the comparison move with it?);
+  per-stage iterations (did the budget converge, and does the comparison move with it?), and
+  ``alone+iterations=M+init=unforgettable``, the control at that budget;
 * ``<shipped>+init=sensitivity``, ``+importance`` (weighted), ``+importance=none`` (unweighted) and
   ``+forgetting=band``: the subset-selection features against the plain shipped row, and the same
   four as ``<shipped>+iterations=M+<feature>`` against the longer-budget row (the budget MTT, IDC
@@ -207,6 +208,10 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
     rows += [
         Row(method, f"alone+iterations={longer}", f"{method.upper()} alone, {longer} iterations",
             with_iterations(alone, longer), {"E": E, "PxE": p.num_stages * E}),
+        Row(method, f"alone+iterations={longer}" + CONTROL,
+            f"{method.upper()} alone, {longer} iterations, started from its least-forgotten examples",
+            (*with_iterations(alone, longer), "init=unforgettable", *scoring),
+            {"E": E, "PxE": p.num_stages * E}),
         Row(method, longer_key, f"{longer} iterations per stage", longer_base, {"E": E}),
     ]  # fmt: skip
     # MTT, IDC and DSA ship the longer budget: their features are also measured where they ship

@@ -226,3 +226,6 @@ def test_the_control_row_starts_x_alone_from_its_least_forgotten_examples(tmp_pa
     assert (config.scoring.runs, config.scoring.epochs) == (2, 30)  # the bands' scoring networks
     assert config.iterations == alone.iterations and config.forgetting.mode == "off"
     assert rows["alone+init=unforgettable"].evals == rows["alone"].evals
+    longer = config_of("alone+iterations=300+init=unforgettable")  # the control of the 300-iteration rows
+    assert (longer.init, longer.num_stages, longer.iterations) == ("unforgettable", 1, 300)
+    assert (longer.scoring.runs, longer.scoring.epochs) == (2, 30)
