@@ -181,14 +181,14 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
     E = p.eval_epochs
     stages = (f"num_stages={p.num_stages}", f"ipc_per_stage={p.ipc}", f"iterations={iterations}")
     alone = ("num_stages=1", f"ipc_per_stage={p.num_stages * p.ipc}", f"iterations={iterations}")
-    scoring = scoring_networks(p)
+    both = {"E": E, "PxE": p.num_stages * E}  # X alone at its own epochs and at PDD's SGD steps
+    # the control for forgetting bands: their stage 1 also starts from the easiest examples
+    control = (*alone, "init=unforgettable", *scoring_networks(p))
+    easiest = "started from its least-forgotten examples"
     rows = [
-        Row(method, "alone", f"{method.upper()} alone, 1 x {p.num_stages * p.ipc} IPC", alone,
-            {"E": E, "PxE": p.num_stages * E}),
-        # the control for forgetting bands: their stage 1 also starts from the easiest examples
-        Row(method, "alone" + CONTROL, f"{method.upper()} alone, started from its least-forgotten examples",
-            (*alone, "init=unforgettable", *scoring), {"E": E, "PxE": p.num_stages * E}),
-    ]  # fmt: skip
+        Row(method, "alone", f"{method.upper()} alone, 1 x {p.num_stages * p.ipc} IPC", alone, both),
+        Row(method, "alone" + CONTROL, f"{method.upper()} alone, {easiest}", control, both),
+    ]
     base, base_key = stages, "pdd"
     if method in NETWORK_METHODS:
         for source in SOURCES:
@@ -207,11 +207,10 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
     longer_key, longer_base = f"{base_key}+iterations={longer}", with_iterations(base, longer)
     rows += [
         Row(method, f"alone+iterations={longer}", f"{method.upper()} alone, {longer} iterations",
-            with_iterations(alone, longer), {"E": E, "PxE": p.num_stages * E}),
+            with_iterations(alone, longer), both),
         Row(method, f"alone+iterations={longer}" + CONTROL,
-            f"{method.upper()} alone, {longer} iterations, started from its least-forgotten examples",
-            (*with_iterations(alone, longer), "init=unforgettable", *scoring),
-            {"E": E, "PxE": p.num_stages * E}),
+            f"{method.upper()} alone, {longer} iterations, {easiest}",
+            with_iterations(control, longer), both),
         Row(method, longer_key, f"{longer} iterations per stage", longer_base, {"E": E}),
     ]  # fmt: skip
     # MTT, IDC and DSA ship the longer budget: their features are also measured where they ship
