@@ -50,6 +50,7 @@ from pathlib import Path
 from pdd_hub.config import PDDConfig, load_config, resolve_config
 from pdd_hub.errors import CorruptStateError, PDDError
 from pdd_hub.io import load_json, read_json, save_json
+from pdd_hub.runtime import physical_cores_available
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "results"
@@ -364,10 +365,13 @@ def shipped_source(method: str, protocol: Protocol) -> str:
     return shipped_config(protocol.methods[method][0]).method_config.networks.source
 
 
-def run_all(protocol: Protocol, rows: list[Row], out: Path, records: Path, jobs: int) -> int:
-    """Every row of ``rows``, ``jobs`` at a time; each finished row's record is written as soon as it
-    finishes. A failed row does not stop the others; returns how many failed."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def run_all(
+    protocol: Protocol, rows: list[Row], out: Path, records: Path, jobs: int, threads: int | None = None
+) -> int:
+    """Every row of ``rows``, ``jobs`` at a time with ``threads`` each (default: the cores this process
+    may use, split between the jobs); each finished row's record is written as soon as it finishes. A
+    failed row does not stop the others; returns how many failed."""
+    threads = threads or max(1, physical_cores_available() // jobs)
     print(f"{len(rows)} rows, {jobs} at a time, {threads} thread(s) each", flush=True)
 
     def one(row: Row) -> bool:
@@ -605,9 +609,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/ablation", help="where runs and evaluations are kept")
     parser.add_argument("--records", default=str(RECORDS), help="where each finished row's record is kept")
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once (threads are split)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per row (default: the usable cores / --jobs)"
+    )
     parser.add_argument("--report", default=None, help="write the tables into this markdown file")
     parser.add_argument("--no-run", action="store_true", help="only the report, from what exists")
     args = parser.parse_args(argv)
+    for name in ("jobs", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     protocol = PROTOCOLS[args.protocol]()
     known = [*protocol.methods, "select"]
     methods = args.only.split(",") if args.only else known
@@ -636,7 +646,7 @@ def run_and_report(
     out, records = Path(args.out), Path(args.records)
     every_row = [r for its_rows in rows.values() for r in its_rows]
     chosen = [r for r in every_row if keys is None or r.key in keys]
-    failed = 0 if args.no_run else run_all(protocol, chosen, out, records, args.jobs)
+    failed = 0 if args.no_run else run_all(protocol, chosen, out, records, args.jobs, args.threads)
     if args.report:
         for row in every_row:  # runs finished by an older script
             keep_record(row, protocol, out, records)

@@ -229,3 +229,29 @@ def test_the_control_row_starts_x_alone_from_its_least_forgotten_examples(tmp_pa
     longer = config_of("alone+iterations=300+init=unforgettable")  # the control of the 300-iteration rows
     assert (longer.init, longer.num_stages, longer.iterations) == ("unforgettable", 1, 300)
     assert (longer.scoring.runs, longer.scoring.epochs) == (2, 30)
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--threads"])
+def test_a_non_positive_job_or_thread_count_is_refused_before_any_work(tmp_path, capsys, flag):
+    ablation = import_ablation()
+    argv = ["--protocol", "tiny", "--only", "dm", flag, "0", "--out", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as exit_info:
+        ablation.main(argv)
+    assert exit_info.value.code == 2
+    assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_each_row_runs_with_the_threads_asked_for_or_the_usable_cores_split_between_the_jobs(
+    tmp_path, monkeypatch
+):
+    ablation = import_ablation()
+    setup = ablation.PROTOCOLS["tiny"]()
+    rows = ablation.rows_of("dm", setup)[:2]
+    seen: list[int] = []
+    monkeypatch.setattr(ablation, "run_row", lambda row, protocol, out, threads: seen.append(threads))
+    monkeypatch.setattr(ablation, "keep_record", lambda *args: None)
+    monkeypatch.setattr(ablation, "physical_cores_available", lambda: 8)
+    assert ablation.run_all(setup, rows, tmp_path, tmp_path, jobs=2) == 0
+    assert ablation.run_all(setup, rows, tmp_path, tmp_path, jobs=2, threads=1) == 0
+    assert seen == [4, 4, 1, 1]
