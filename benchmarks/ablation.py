@@ -51,6 +51,7 @@ from pdd_hub.config import PDDConfig, load_config, resolve_config
 from pdd_hub.errors import CorruptStateError, PDDError
 from pdd_hub.io import load_json, read_json, save_json
 from pdd_hub.runtime import physical_cores_available
+from pdd_hub.validate import positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "results"
@@ -615,9 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default=None, help="write the tables into this markdown file")
     parser.add_argument("--no-run", action="store_true", help="only the report, from what exists")
     args = parser.parse_args(argv)
-    for name in ("jobs", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    try:  # the numeric options, by the rules pdd-hub's own commands use
+        positive_int().check(args.jobs, "--jobs", PDDError)
+        if args.threads is not None:  # not given: the usable cores, split between the jobs
+            positive_int().check(args.threads, "--threads", PDDError)
+    except PDDError as exc:
+        parser.error(str(exc))
     protocol = PROTOCOLS[args.protocol]()
     known = [*protocol.methods, "select"]
     methods = args.only.split(",") if args.only else known
