@@ -21,8 +21,8 @@ varying one factor at a time:
   ``alone+iterations=M+init=unforgettable``, the control at that budget;
 * ``<shipped>+init=sensitivity``, ``+importance`` (weighted), ``+importance=none`` (unweighted) and
   ``+forgetting=band``: the subset-selection features against the plain shipped row, and the same
-  four as ``<shipped>+iterations=M+<feature>`` against the longer-budget row (the budget MTT, IDC
-  and DSA ship).
+  four as ``<shipped>+iterations=M+<feature>`` against the longer-budget row (the budget MTT, DSA
+  and DC ship).
 
 Every distillation is a ``pdd-hub distill`` run in ``OUT/PROTOCOL/X/ROW`` (re-running resumes it from
 its checkpoints), every evaluation a ``pdd-hub eval`` whose JSON is kept (a finished one is skipped,
@@ -215,7 +215,7 @@ def rows_for(method: str, protocol: Protocol, shipped_source: str) -> list[Row]:
             with_iterations(control, longer), both),
         Row(method, longer_key, f"{longer} iterations per stage", longer_base, {"E": E}),
     ]  # fmt: skip
-    # MTT, IDC and DSA ship the longer budget: their features are also measured where they ship
+    # MTT, DSA and DC ship the longer budget: the features are also measured there
     for key, (what, change) in factors.items():
         if key != "budget=total":  # a budget split is not a feature
             rows.append(Row(method, f"{longer_key}+{key}", f"{what}, {longer} iterations",
